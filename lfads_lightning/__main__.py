@@ -1,0 +1,9 @@
+"""`python -m lfads_lightning ...` = `lfads ...` (what launchers run, independent of PATH)."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,313 @@
+"""`lfads` command line. Heavy imports (torch, lightning, mlflow) happen inside the commands so
+that `lfads --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataError, LfadsError
+
+LAUNCHERS = ("local", "slurm", "kubernetes")
+
+
+def _split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    config, overrides = None, []
+    for item in items:
+        if "=" in item or config is not None:
+            overrides.append(item)
+        else:
+            config = item
+    return config, overrides
+
+
+def resolve_paths(cfg: Any) -> Any:
+    """Absolute data and output paths, so a worker started elsewhere finds the same files."""
+    data = dataclasses.replace(
+        cfg.data, paths=[str(Path(p).expanduser().resolve()) for p in cfg.data.paths]
+    )
+    output = dataclasses.replace(cfg.output, dir=str(Path(cfg.output.dir).expanduser().resolve()))
+    return dataclasses.replace(cfg, data=data, output=output)
+
+
+def prepare_data(cfg: Any) -> list[Any]:
+    """Generate missing synthetic files if configured, then validate every file."""
+    from .h5data import load_session
+
+    for path in cfg.data.paths:
+        if not Path(path).exists() and cfg.data.synth:
+            from .synth import make_dataset
+
+            print(
+                f"lfads: {path} not found; generating synthetic '{cfg.data.synth}' data (seed {cfg.data.synth_seed})",
+                file=sys.stderr,
+            )
+            make_dataset(cfg.data.synth, path, seed=cfg.data.synth_seed)
+    return [load_session(path, cfg.model.recon) for path in cfg.data.paths]
+
+
+def create_run(cfg: Any, uri: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+    """A new MLflow run holding the flattened config as params and the resolved config as YAML."""
+    from . import tracking
+    from .config import dump_yaml, flatten, to_dict
+    from .training import CONFIG_ARTIFACT
+
+    client = tracking.client(uri)
+    exp_id = tracking.experiment_id(client, cfg.tracking.experiment)
+    all_tags = {f"{tracking.TAG_PREFIX}{k}": v for k, v in tags.items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=cfg.tracking.run_name, tags=all_tags)
+    run_id = run.info.run_id
+    try:
+        tracking.log_params(client, run_id, flatten(to_dict(cfg)))
+        client.log_text(run_id, dump_yaml(cfg), CONFIG_ARTIFACT)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return run_id
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from . import tracking
+    from .config import load_config
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    cfg = resolve_paths(load_config(config_path, overrides))
+    if args.tracking_uri:
+        cfg = dataclasses.replace(
+            cfg, tracking=dataclasses.replace(cfg.tracking, uri=args.tracking_uri)
+        )
+    from launchers import JobState, get_launcher
+
+    launcher = get_launcher(args.launcher)
+    prepare_data(cfg)
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check_store(uri)
+    run_id = create_run(cfg, uri, {"kind": "fit", "launcher": args.launcher})
+    print(
+        f"lfads: run {run_id} (experiment '{cfg.tracking.experiment}', tracking {uri}) on launcher '{args.launcher}'",
+        file=sys.stderr,
+    )
+    handle = launcher.submit(run_id, uri, threads=cfg.train.threads or None)
+    try:
+        state = launcher.wait(handle)
+    except KeyboardInterrupt:
+        launcher.cancel(handle)
+        tracking.mark_failed(uri, run_id, "interrupted by the user", status="KILLED")
+        print("lfads: interrupted; the run is marked KILLED", file=sys.stderr)
+        return 130
+    if state != JobState.SUCCEEDED:
+        tracking.mark_failed(uri, run_id, f"worker job ended in state {state}")
+        print(
+            f"lfads: run {run_id} failed (job {state}); the run is marked FAILED", file=sys.stderr
+        )
+        return 1
+    out_dir = Path(cfg.output.dir) / run_id
+    print(
+        f"lfads: done. outputs in {out_dir}; browse with: mlflow ui --backend-store-uri {uri}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .training import run_worker
+
+    return run_worker(args.run_id, args.tracking_uri)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Posterior-sample an existing run's best checkpoint (or a checkpoint file) again."""
+    import tempfile
+
+    from . import tracking
+    from .config import load_config
+    from .training import load_run_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run:
+            uri = tracking.resolve_uri(args.tracking_uri)
+            tracking.check_store(uri)
+            client = tracking.client(uri)
+            try:
+                client.get_run(args.run)
+            except Exception:  # noqa: BLE001
+                raise LfadsError(
+                    f"MLflow run {args.run} not found in {uri}; check the run id and MLFLOW_TRACKING_URI"
+                ) from None
+            cfg = load_run_config(client, args.run)
+            try:
+                ckpt = client.download_artifacts(args.run, "checkpoints/best.ckpt", tmp)
+            except Exception:  # noqa: BLE001
+                raise LfadsError(
+                    f"run {args.run} has no checkpoints/best.ckpt artifact (did it finish?)"
+                ) from None
+            name = args.run
+        else:
+            if not args.config:
+                raise ConfigError("--checkpoint needs --config CONFIG.yaml for the data to sample")
+            cfg = resolve_paths(load_config(args.config, []))
+            ckpt = args.checkpoint
+            if not Path(ckpt).is_file():
+                raise DataError(f"checkpoint not found: {ckpt}; pass an existing .ckpt file")
+            name = Path(ckpt).stem
+        n_samples = args.n_samples or cfg.output.n_samples
+        out_dir = Path(args.out or Path(cfg.output.dir) / name / "resampled")
+        written = sample_checkpoint(cfg, ckpt, out_dir, n_samples)
+    for path in written:
+        print(f"lfads: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> list[Path]:
+    from .datamodule import LfadsDataModule
+    from .module import LfadsModule
+    from .sampling import sample_all, write_output
+    from .training import set_threads
+
+    set_threads(cfg.train.threads)
+    dm = LfadsDataModule(
+        cfg.data.paths,
+        cfg.data.batch_size,
+        cfg.model.recon,
+        cfg.data.sv_rate,
+        cfg.data.sv_seed,
+        cfg.train.seed,
+    )
+    module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
+    outputs = sample_all(module, dm, n_samples)
+    return [
+        write_output(
+            out_dir / f"lfads_output_{Path(s.path).stem}.h5",
+            s.path,
+            per_split,
+            {"n_samples": n_samples},
+        )
+        for s, per_split in zip(dm.sessions, outputs, strict=True)
+    ]
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    from .config import parse_override
+
+    params = {}
+    for item in items:
+        path, value = parse_override(item)
+        params["_".join(path)] = value
+    return params
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .synth import make_dataset
+
+    try:
+        path = make_dataset(
+            args.kind,
+            args.out,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            **_parse_params(args.params),
+        )
+    except TypeError as err:
+        raise ConfigError(f"bad generator parameter for {args.kind}: {err}") from None
+    print(f"lfads: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_nlb(args: argparse.Namespace) -> int:
+    from .nlb import convert_nlb_tensors
+
+    path = convert_nlb_tensors(
+        args.src, args.out, valid_every=args.valid_every, overwrite=args.overwrite
+    )
+    print(f"lfads: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lfads", description="Fit LFADS models of neural population dynamics."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser(
+        "fit", help="train one LFADS model, log it to MLflow, write posterior-sampled outputs"
+    )
+    fit.add_argument(
+        "--launcher", choices=LAUNCHERS, default="local", help="where the training job runs"
+    )
+    fit.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
+    fit.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG.yaml | key=value",
+        help="config file, then overrides like model.gen_dim=64",
+    )
+    fit.set_defaults(func=cmd_fit)
+
+    sample = sub.add_parser("sample", help="posterior-sample a trained model again into HDF5")
+    src = sample.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="MLflow run id of a finished fit")
+    src.add_argument("--checkpoint", help="a .ckpt file (needs --config for the data)")
+    sample.add_argument("--config", help="config whose data section names the files to sample")
+    sample.add_argument(
+        "--n-samples", type=int, help="posterior samples per trial (default: output.n_samples)"
+    )
+    sample.add_argument("--out", help="output directory")
+    sample.add_argument("--tracking-uri")
+    sample.set_defaults(func=cmd_sample)
+
+    data = sub.add_parser("data", help="make or convert data files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="generate synthetic data with ground-truth rates")
+    synth.add_argument("kind", choices=("lorenz", "chaotic-rnn"))
+    synth.add_argument("out", help="output HDF5 path")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument(
+        "params", nargs="*", metavar="key=value", help="generator parameters, e.g. n_neurons=40"
+    )
+    synth.set_defaults(func=cmd_data_synth)
+    nlb = data_sub.add_parser(
+        "nlb", help="convert NLB tensors (held-in/held-out/forward) to the project format"
+    )
+    nlb.add_argument("src", help="directory with <name>_train.h5 and <name>_val.h5")
+    nlb.add_argument("out", help="output HDF5 path")
+    nlb.add_argument(
+        "--valid-every",
+        type=int,
+        default=5,
+        help="every Nth train trial becomes a validation trial",
+    )
+    nlb.add_argument("--overwrite", action="store_true")
+    nlb.set_defaults(func=cmd_data_nlb)
+
+    worker = sub.add_parser("worker", help="(internal) run the job of one MLflow run")
+    worker.add_argument("--run-id", required=True)
+    worker.add_argument("--tracking-uri", required=True)
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LfadsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("lfads: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Typed run configuration: YAML files and `key=value` overrides, loaded into dataclasses.
+
+Every key is checked: an unknown key or a value of the wrong type is a ConfigError that
+lists the valid keys, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+RECON_DISTRIBUTIONS = ("poisson", "gaussian", "gamma", "zig", "mse")
+
+
+@dataclass
+class DataConfig:
+    """Where the trials come from and how they are batched."""
+
+    # One HDF5 file per recording session (see docs/data-format.md).
+    paths: list[str] = field(default_factory=lambda: ["lorenz.h5"])
+    # If set and a file in `paths` does not exist, generate it with this synthetic generator.
+    synth: str | None = "lorenz"
+    synth_seed: int = 0
+    batch_size: int = 100
+    # Sample validation: fraction of encoder entries hidden from training and scored on validation.
+    sv_rate: float = 0.0
+    sv_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and priors (names follow the LFADS papers)."""
+
+    ic_enc_dim: int = 64
+    ci_enc_dim: int = 64
+    ci_lag: int = 1
+    con_dim: int = 64
+    co_dim: int = 4
+    ic_dim: int = 64
+    gen_dim: int = 100
+    fac_dim: int = 40
+    # 0: the encoders see the neurons directly (one session only); >0: per-session linear readin.
+    readin_dim: int = 0
+    readin_pca_init: bool = False
+    readin_freeze: bool = False
+    variational: bool = True
+    recon: str = "poisson"
+    cell_clip: float = 5.0
+    ic_post_var_min: float = 1e-4
+    ic_prior_var: float = 0.1
+    co_prior_tau: float = 10.0
+    co_prior_nvar: float = 0.1
+    dropout_rate: float = 0.3
+    cd_rate: float = 0.3
+    # Zero-inflated gamma: smallest non-zero value an event can take (data units).
+    zig_min_value: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms and their linear ramps (in epochs)."""
+
+    loss_scale: float = 1e4
+    kl_ic_scale: float = 1e-4
+    kl_co_scale: float = 1e-4
+    l2_gen_scale: float = 1e-4
+    l2_con_scale: float = 1e-4
+    l2_ic_enc_scale: float = 0.0
+    l2_ci_enc_scale: float = 0.0
+    kl_start_epoch: int = 0
+    kl_increase_epoch: int = 80
+    l2_start_epoch: int = 0
+    l2_increase_epoch: int = 80
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, stopping and hardware."""
+
+    max_epochs: int = 400
+    lr: float = 4e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 200.0
+    lr_scheduler: bool = False
+    lr_factor: float = 0.95
+    lr_patience: int = 6
+    lr_min: float = 1e-5
+    early_stopping: bool = True
+    patience: int = 25
+    # Epochs before early stopping may act; None waits for the KL and L2 ramps to finish.
+    burn_in: int | None = None
+    seed: int = 0
+    # Torch intra-op threads; 0 lets the launcher decide (all cores when it runs one job).
+    threads: int = 0
+    accelerator: str = "auto"
+    progress_bar: bool = True
+
+
+@dataclass
+class OutputConfig:
+    """Posterior sampling after training, and figures."""
+
+    dir: str = "lfads_output"
+    n_samples: int = 50
+    figures: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: the URI defaults to $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db."""
+
+    uri: str | None = None
+    experiment: str = "lfads"
+    run_name: str | None = None
+
+
+@dataclass
+class LfadsConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-4" as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    else:
+        raise ConfigError(f"{key}: unsupported config type {tp!r}")
+    raise ConfigError(
+        f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
+        f"fix the value in the config file or override"
+    )
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_valid_keys(tp, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        valid = ", ".join(_valid_keys(cls, prefix))
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys: {valid}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'model.gen_dim': 100, ...} (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. model.gen_dim=64)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge `a.b=value` strings into a nested dict (values parsed as YAML scalars)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file not found: {path}; pass the path of a YAML file such as configs/lorenz.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data, model, ...)")
+    return raw
+
+
+def validate(cfg: LfadsConfig) -> LfadsConfig:
+    """Value checks that types alone cannot express."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if m.recon not in RECON_DISTRIBUTIONS:
+        raise ConfigError(
+            f"model.recon: {m.recon!r} is not one of {', '.join(RECON_DISTRIBUTIONS)}"
+        )
+    for name in ("ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"):
+        if getattr(m, name) <= 0:
+            raise ConfigError(f"model.{name} must be > 0, got {getattr(m, name)}")
+    for name in ("ci_enc_dim", "con_dim", "co_dim", "readin_dim", "ci_lag"):
+        if getattr(m, name) < 0:
+            raise ConfigError(f"model.{name} must be >= 0, got {getattr(m, name)}")
+    for name in ("dropout_rate", "cd_rate"):
+        if not 0.0 <= getattr(m, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
+    if not 0.0 <= d.sv_rate < 1.0:
+        raise ConfigError(f"data.sv_rate must be in [0, 1), got {d.sv_rate}")
+    if d.batch_size <= 0:
+        raise ConfigError(f"data.batch_size must be > 0, got {d.batch_size}")
+    if not d.paths:
+        raise ConfigError("data.paths is empty; list at least one HDF5 file")
+    if d.synth is not None and d.synth not in ("lorenz", "chaotic-rnn"):
+        raise ConfigError(f"data.synth: {d.synth!r} is not one of lorenz, chaotic-rnn (or null)")
+    if m.cell_clip <= 0 or m.ic_prior_var <= 0 or m.co_prior_tau <= 0 or m.co_prior_nvar <= 0:
+        raise ConfigError(
+            "model.cell_clip, ic_prior_var, co_prior_tau and co_prior_nvar must be > 0"
+        )
+    if t.lr <= 0 or t.max_epochs <= 0:
+        raise ConfigError("train.lr and train.max_epochs must be > 0")
+    if cfg.output.n_samples <= 0:
+        raise ConfigError(f"output.n_samples must be > 0, got {cfg.output.n_samples}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LfadsConfig:
+    """Defaults < YAML file < overrides; validated."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    return validate(from_dict(LfadsConfig, raw))
+
+
+def config_from_dict(raw: dict[str, Any]) -> LfadsConfig:
+    return validate(from_dict(LfadsConfig, raw))
+
+
+def dump_yaml(cfg: LfadsConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

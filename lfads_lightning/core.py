@@ -1,0 +1,248 @@
+"""The LFADS network: encoders, controller, generator, factors and per-session readin/readout.
+
+Pure PyTorch (no Lightning) so that the maths can be tested on its own and reused by sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .gru import BidirectionalClippedGRU, ClippedGRUCell
+from .priors import AutoregressivePrior, GaussianICPrior
+from .recon import make_reconstruction
+
+
+@dataclass
+class LfadsOutput:
+    params: Tensor  # [B, T_rec, C_rec, n_params] readout (e.g. log-rates)
+    factors: Tensor  # [B, T_rec, fac_dim]
+    gen_states: Tensor  # [B, T_rec, gen_dim]
+    ic_mean: Tensor  # [B, ic_dim]
+    ic_var: Tensor  # [B, ic_dim]
+    ic_sample: Tensor  # [B, ic_dim]
+    co_means: Tensor  # [B, T_rec, co_dim]
+    co_vars: Tensor  # [B, T_rec, co_dim]
+    co_samples: Tensor  # [B, T_rec, co_dim]
+
+
+class NormalizedLinear(nn.Module):
+    """Linear map without bias whose output rows have unit L2 norm (the factor readout).
+
+    Normalising the rows stops the model from shrinking factors and inflating the readout,
+    which keeps the factors on a comparable scale across runs.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, 0.0, in_features**-0.5)
+
+    def normalized_weight(self) -> Tensor:
+        return F.normalize(self.weight, p=2.0, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.normalized_weight().T
+
+
+def lag_ci_states(fwd: Tensor, bwd: Tensor, lag: int) -> Tensor:
+    """Delay the forward states and advance the backward states by `lag` bins.
+
+    At bin t the controller then sees the data strictly before t (forward) and strictly after t
+    (backward), never bin t itself, so it cannot copy the input it should explain.
+    """
+    if lag > 0:
+        fwd = F.pad(fwd, (0, 0, lag, 0))[:, : fwd.shape[1]]
+        bwd = F.pad(bwd, (0, 0, 0, lag))[:, lag:]
+    return torch.cat([fwd, bwd], -1)
+
+
+class LFADS(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        encod_dims: list[int],
+        recon_dims: list[int],
+        encod_seq_len: int,
+        recon_seq_len: int,
+        ext_input_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(encod_dims) != len(recon_dims):
+            raise ValueError("encod_dims and recon_dims need one entry per session")
+        if len(encod_dims) > 1 and cfg.readin_dim == 0:
+            raise ValueError("multi-session data needs model.readin_dim > 0 (a shared input space)")
+        if cfg.readin_dim == 0 and len(encod_dims) == 1:
+            self.readins = nn.ModuleList([nn.Identity()])
+            enc_in = encod_dims[0]
+        else:
+            self.readins = nn.ModuleList([nn.Linear(d, cfg.readin_dim) for d in encod_dims])
+            enc_in = cfg.readin_dim
+        self.cfg = cfg
+        self.encod_seq_len = encod_seq_len
+        self.recon_seq_len = recon_seq_len
+        self.ext_input_dim = ext_input_dim
+        self.recon = make_reconstruction(cfg.recon, cfg.zig_min_value)
+        self.use_controller = cfg.ci_enc_dim > 0 and cfg.con_dim > 0 and cfg.co_dim > 0
+        co_dim = cfg.co_dim if self.use_controller else 0
+        self.co_dim = co_dim
+
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.ic_encoder = BidirectionalClippedGRU(enc_in, cfg.ic_enc_dim, cfg.cell_clip)
+        self.ic_linear = nn.Linear(2 * cfg.ic_enc_dim, 2 * cfg.ic_dim)
+        self.ic_to_g0 = nn.Linear(cfg.ic_dim, cfg.gen_dim)
+        if self.use_controller:
+            self.ci_encoder = BidirectionalClippedGRU(enc_in, cfg.ci_enc_dim, cfg.cell_clip)
+            self.controller = ClippedGRUCell(
+                2 * cfg.ci_enc_dim + cfg.fac_dim, cfg.con_dim, cfg.cell_clip
+            )
+            self.con_h0 = nn.Parameter(torch.zeros(cfg.con_dim))
+            self.co_linear = nn.Linear(cfg.con_dim, 2 * co_dim)
+            self.co_prior = AutoregressivePrior(co_dim, cfg.co_prior_tau, cfg.co_prior_nvar)
+        self.generator = ClippedGRUCell(co_dim + ext_input_dim, cfg.gen_dim, cfg.cell_clip)
+        self.factors = NormalizedLinear(cfg.gen_dim, cfg.fac_dim)
+        n_params = self.recon.n_params
+        self.readouts = nn.ModuleList([nn.Linear(cfg.fac_dim, d * n_params) for d in recon_dims])
+        self.ic_prior = GaussianICPrior(cfg.ic_dim, cfg.ic_prior_var)
+
+    # ------------------------------------------------------------------ helpers
+
+    def recurrent_weight_groups(self) -> dict[str, list[Tensor]]:
+        """Recurrent kernels by L2 group (gen, con, ic_enc, ci_enc)."""
+        groups = {
+            "gen": self.generator.recurrent_weights(),
+            "ic_enc": self.ic_encoder.recurrent_weights(),
+        }
+        if self.use_controller:
+            groups["con"] = self.controller.recurrent_weights()
+            groups["ci_enc"] = self.ci_encoder.recurrent_weights()
+        return groups
+
+    def init_readout_bias(self, session: int, data_mean: Tensor) -> None:
+        """Start the readout at the data's per-neuron mean so early epochs are not wasted."""
+        bias = self.recon.init_bias(data_mean.float())
+        with torch.no_grad():
+            self.readouts[session].bias.copy_(bias.reshape(-1))
+
+    def init_readin_pca(self, session: int, data: Tensor, freeze: bool = False) -> None:
+        """Initialise a session's readin with its top principal components (for stitching)."""
+        readin = self.readins[session]
+        if not isinstance(readin, nn.Linear):
+            raise ValueError("PCA readin needs model.readin_dim > 0")
+        x = data.reshape(-1, data.shape[-1]).float()
+        mean = x.mean(0)
+        _, _, v = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(readin.out_features, v.shape[0])
+        with torch.no_grad():
+            readin.weight.zero_()
+            readin.weight[:k] = v[:k]
+            readin.bias.copy_(-(readin.weight @ mean))
+        readin.requires_grad_(not freeze)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        encod_data: Tensor,
+        session: int = 0,
+        ext_input: Tensor | None = None,
+        sample_posteriors: bool = True,
+    ) -> LfadsOutput:
+        cfg = self.cfg
+        batch = encod_data.shape[0]
+        steps = self.recon_seq_len
+        x = self.dropout(self.readins[session](encod_data))
+
+        # Initial condition posterior.
+        ic_f, ic_b = self.ic_encoder(x)
+        ic_h = self.dropout(torch.cat([ic_f[:, -1], ic_b[:, 0]], -1))
+        ic_mean, ic_logvar = self.ic_linear(ic_h).chunk(2, -1)
+        if cfg.variational:
+            ic_var = torch.exp(ic_logvar) + cfg.ic_post_var_min
+            ic_sample = (
+                ic_mean + torch.sqrt(ic_var) * torch.randn_like(ic_mean)
+                if sample_posteriors
+                else ic_mean
+            )
+        else:
+            ic_var = torch.zeros_like(ic_mean)
+            ic_sample = ic_mean
+        gen_h = self.ic_to_g0(ic_sample)
+        factor_w = self.factors.normalized_weight()
+        fac = self.dropout(gen_h) @ factor_w.T
+
+        # Controller inputs, projected for all bins at once; zero over the forward bins.
+        if self.use_controller:
+            ci_f, ci_b = self.ci_encoder(x)
+            ci = lag_ci_states(ci_f, ci_b, cfg.ci_lag)
+            ci = F.pad(ci, (0, 0, 0, steps - ci.shape[1]))
+            ci_dim = ci.shape[-1]
+            w_ci = self.controller.weight_ih[:ci_dim]
+            w_fac = self.controller.weight_ih[ci_dim:]
+            con_proj = (self.dropout(ci) @ w_ci + self.controller.bias).unbind(1)
+            con_h = self.con_h0.expand(batch, -1)
+            co_noise = (
+                torch.randn(steps, batch, self.co_dim, device=x.device)
+                if sample_posteriors
+                else None
+            )
+        if self.ext_input_dim > 0:
+            if ext_input is None:
+                raise ValueError("this model was built with external inputs; pass ext_input")
+            w_ext = self.generator.weight_ih[self.co_dim :]
+            ext_proj = (ext_input @ w_ext).unbind(1)
+        w_co = self.generator.weight_ih[: self.co_dim]
+
+        factors, gen_states, co_means, co_vars, co_samples = [], [], [], [], []
+        for t in range(steps):
+            gen_proj = self.generator.bias.expand(batch, -1)
+            if self.use_controller:
+                con_in = con_proj[t] + self.dropout(fac) @ w_fac
+                con_h = self.controller.step(con_in, con_h)
+                co_mean, co_logvar = self.co_linear(con_h).chunk(2, -1)
+                co_var = torch.exp(co_logvar) + cfg.ic_post_var_min
+                if sample_posteriors and cfg.variational:
+                    co = co_mean + torch.sqrt(co_var) * co_noise[t]
+                else:
+                    co = co_mean
+                gen_proj = gen_proj + co @ w_co
+                co_means.append(co_mean)
+                co_vars.append(co_var)
+                co_samples.append(co)
+            if self.ext_input_dim > 0:
+                gen_proj = gen_proj + ext_proj[t]
+            gen_h = self.generator.step(gen_proj, gen_h)
+            fac = self.dropout(gen_h) @ factor_w.T
+            factors.append(fac)
+            gen_states.append(gen_h)
+
+        factors_t = torch.stack(factors, 1)
+        params = self.readouts[session](factors_t)
+        params = params.reshape(batch, steps, -1, self.recon.n_params)
+        empty = encod_data.new_zeros(batch, steps, 0)
+        return LfadsOutput(
+            params=params,
+            factors=factors_t,
+            gen_states=torch.stack(gen_states, 1),
+            ic_mean=ic_mean,
+            ic_var=ic_var,
+            ic_sample=ic_sample,
+            co_means=torch.stack(co_means, 1) if co_means else empty,
+            co_vars=torch.stack(co_vars, 1) if co_vars else empty,
+            co_samples=torch.stack(co_samples, 1) if co_samples else empty,
+        )
+
+    def kl_terms(self, out: LfadsOutput) -> tuple[Tensor, Tensor]:
+        """(KL of the IC, KL of the inferred inputs), each averaged over trials."""
+        zero = out.ic_mean.new_zeros(())
+        if not self.cfg.variational:
+            return zero, zero
+        kl_ic = self.ic_prior.kl(out.ic_mean, out.ic_var).mean()
+        kl_co = zero
+        if self.use_controller:
+            kl_co = self.co_prior.kl(out.co_samples, out.co_means, out.co_vars).mean()
+        return kl_ic, kl_co

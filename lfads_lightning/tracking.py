@@ -1,0 +1,136 @@
+"""MLflow tracking: where runs go, checking the store is usable, and run lifecycle helpers.
+
+With no configuration runs go to a sqlite file in the working directory (no server needed);
+any MLFLOW_TRACKING_URI works. The store is checked *before* a run is created so that an
+unreachable server is a one-line error, not minutes of client retries.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_DB_NAME = "mlflow.db"
+TAG_PREFIX = "lfads."
+
+
+def resolve_uri(configured: str | None = None) -> str:
+    """config value > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB_NAME}"
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(
+                    f"MLflow tracking server {uri} answered HTTP {resp.status} on /health; check the server"
+                )
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
+            f"MLFLOW_TRACKING_URI / tracking.uri to a reachable server"
+        ) from None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = Path(uri[len("sqlite:///") :])
+    if not path.parent.is_dir():
+        raise TrackingError(
+            f"tracking database directory {path.parent} does not exist; create it or change tracking.uri"
+        )
+    if not os.access(path.parent, os.W_OK):
+        raise TrackingError(
+            f"tracking database directory {path.parent} is not writable; change tracking.uri"
+        )
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with a TrackingError if runs cannot be logged to `uri`; create the schema once.
+
+    Creating the sqlite schema here, in one process, matters: several workers creating it at
+    the same time fail.
+    """
+    if uri.startswith(("http://", "https://")):
+        _check_http(uri, timeout)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(uri)
+    try:
+        client(uri).search_experiments(max_results=1)
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend failure is reported the same way
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"cannot use MLflow tracking store {uri}: {first_line}") from None
+
+
+def client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    """Get or create an experiment; tolerate another process creating it first."""
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment '{name}' is deleted; restore it or choose tracking.experiment"
+            )
+        return exp.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - lost a creation race
+        exp = mlflow_client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_params(mlflow_client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, "None" if v is None else str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(
+    mlflow_client: MlflowClient, run_id: str, values: dict[str, float], step: int = 0
+) -> None:
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, step) for k, v in sorted(values.items()) if math.isfinite(float(v))
+    ]
+    for i in range(0, len(items), 500):
+        mlflow_client.log_batch(run_id, metrics=items[i : i + 500])
+
+
+def mark_failed(uri: str, run_id: str, message: str, status: str = "FAILED") -> None:
+    """Best effort: a run whose job failed must not stay RUNNING."""
+    try:
+        c = client(uri)
+        c.set_tag(run_id, TAG_PREFIX + "error", message[:4000])
+        if c.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+            c.set_terminated(run_id, status=status)
+    except Exception:  # noqa: BLE001 - nothing more can be done if the store is gone
+        pass

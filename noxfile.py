@@ -1,0 +1,129 @@
+"""Nox sessions for lfads-lightning. Normally started through `python3 dev.py ...`.
+
+All sessions share ONE environment: the virtualenv whose interpreter runs nox (`.venv/` when
+started by dev.py). Nothing is created under `.nox/`; the project is installed once into that
+environment and reinstalled only when pyproject.toml (or the install recipe below) changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+PYTHON = sys.executable  # the interpreter of the environment running nox
+BIN = Path(PYTHON).parent
+PREFIX = Path(sys.prefix)
+STAMP = PREFIX / ".lfads-installed"
+CONSTRAINTS = PREFIX / ".lfads-constraints.txt"
+
+# A bare `torch` (or a range admitting newer releases) pulls a CUDA build of several GB; 2.13.0
+# resolves to the local CPU wheel through pip's configured find-links. Install it first and keep
+# it pinned with a constraint while installing the rest.
+TORCH = "torch==2.13.0"
+EXTRAS = "dev"
+INSTALL_RECIPE = f"{TORCH};-e .[{EXTRAS}];compileall;v1"
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests", "lint"]
+
+
+def _in_venv() -> bool:
+    return sys.prefix != sys.base_prefix
+
+
+def _stamp_value() -> str:
+    h = hashlib.sha256()
+    h.update(INSTALL_RECIPE.encode())
+    h.update(sys.version.encode())
+    h.update((ROOT / "pyproject.toml").read_bytes())
+    return h.hexdigest()
+
+
+def _env(session: nox.Session) -> None:
+    """Make child processes find this environment's scripts (lfads, mlflow, ...) first."""
+    session.env["VIRTUAL_ENV"] = str(PREFIX)
+    session.env["PATH"] = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+
+
+def _install(session: nox.Session) -> None:
+    """Install torch (pinned, CPU) then the project with its dev extras, once per pyproject.toml.
+
+    Set LFADS_FORCE_INSTALL=1 to reinstall regardless of the stamp file.
+    """
+    _env(session)
+    if not _in_venv():
+        session.error(
+            f"{PYTHON} is not a virtual environment; run nox from one (python3 dev.py ... does)"
+        )
+    want = _stamp_value()
+    force = os.environ.get("LFADS_FORCE_INSTALL", "") not in ("", "0")
+    if not force and STAMP.exists() and STAMP.read_text().strip() == want:
+        session.log(f"project already installed in {PREFIX} (stamp {STAMP.name} up to date)")
+        return
+    STAMP.unlink(missing_ok=True)
+    pip = [PYTHON, "-m", "pip", "install", "--progress-bar", "off"]
+    session.log(f"installing {TORCH} (CPU wheel) into {PREFIX}")
+    session.run(*pip, TORCH)
+    CONSTRAINTS.write_text(TORCH + "\n")
+    session.log(f"installing -e .[{EXTRAS}] with torch constrained to {TORCH}")
+    session.run(*pip, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[{EXTRAS}]")
+    # This machine sets PYTHONDONTWRITEBYTECODE=1, so nothing would ever cache bytecode for files
+    # pip did not compile; without .pyc files `import lightning` takes about twice as long.
+    # compileall skips files whose .pyc is current, so this is cheap after pip's own compile.
+    # A handful of third-party files (templates, py2 fixtures) do not compile: ignore them.
+    session.log("compiling bytecode in site-packages")
+    site = sysconfig.get_paths()["purelib"]
+    session.run(PYTHON, "-m", "compileall", "-q", "-j", "0", site, success_codes=[0, 1])
+    STAMP.write_text(want + "\n")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Fit LFADS on the embedded default (synthetic Lorenz data, MLflow in ./mlflow.db)."""
+    _install(session)
+    session.chdir(ROOT)
+    session.run(str(BIN / "lfads"), "fit", "--launcher", "local", "configs/lorenz.yaml", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Fast test suite (everything not marked slow)."""
+    _install(session)
+    session.chdir(ROOT)
+    session.run(PYTHON, "-m", "pytest", "-m", "not slow", "-x", "-q", "--durations=15", *session.posargs)
+
+
+@nox.session
+def tests_slow(session: nox.Session) -> None:
+    """Slow end-to-end tests (marked slow)."""
+    _install(session)
+    session.chdir(ROOT)
+    session.run(PYTHON, "-m", "pytest", "-m", "slow", "-q", "--durations=15", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    _install(session)
+    session.chdir(ROOT)
+    session.run(PYTHON, "-m", "ruff", "check", ".", *session.posargs)
+    session.run(PYTHON, "-m", "ruff", "format", "--check", ".")
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Run every benchmarks/bench_*.py (each writes JSON under benchmarks/results/)."""
+    _install(session)
+    session.chdir(ROOT)
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    if not scripts:
+        session.error("no benchmarks/bench_*.py scripts found")
+    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    for script in scripts:
+        session.run(PYTHON, str(script.relative_to(ROOT)), *session.posargs)
