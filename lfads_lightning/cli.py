@@ -298,7 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may follow options (`--seed 3 n_neurons=40`), which plain parse_args rejects.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = (
+            "items" if hasattr(args, "items") else "params" if hasattr(args, "params") else None
+        )
+        bad = [e for e in extra if "=" not in e or e.startswith("-")]
+        if target is None or bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        setattr(args, target, [*getattr(args, target), *extra])
     try:
         return int(args.func(args) or 0)
     except LfadsError as err:
