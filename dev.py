@@ -41,7 +41,9 @@ def run(cmd: list[str]) -> None:
 
 def ensure_venv() -> None:
     if not PYTHON.exists():
-        log(f"creating {VENV.relative_to(ROOT)}/ with {sys.executable} (Python {sys.version.split()[0]})")
+        log(
+            f"creating {VENV.relative_to(ROOT)}/ with {sys.executable} (Python {sys.version.split()[0]})"
+        )
         try:
             venv.EnvBuilder(with_pip=True, clear=VENV.exists()).create(VENV)
         except Exception as exc:  # e.g. Debian's python3 without the python3-venv package
@@ -54,7 +56,7 @@ def ensure_venv() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py may run on an older system python3)
         log(f"Python 3.11+ is required, this is {sys.version.split()[0]} ({sys.executable})")
         return 1
     if not argv or argv[0] in ("-h", "--help", "help"):
