@@ -49,28 +49,6 @@ def prepare_data(cfg: Any) -> list[Any]:
     return [load_session(path, cfg.model.recon) for path in cfg.data.paths]
 
 
-def create_run(cfg: Any, uri: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
-    """A new MLflow run holding the flattened config as params and the resolved config as YAML."""
-    from . import tracking
-    from .config import dump_yaml, flatten, to_dict
-    from .training import CONFIG_ARTIFACT
-
-    client = tracking.client(uri)
-    exp_id = tracking.experiment_id(client, cfg.tracking.experiment)
-    all_tags = {f"{tracking.TAG_PREFIX}{k}": v for k, v in tags.items()}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=cfg.tracking.run_name, tags=all_tags)
-    run_id = run.info.run_id
-    try:
-        tracking.log_params(client, run_id, flatten(to_dict(cfg)))
-        client.log_text(run_id, dump_yaml(cfg), CONFIG_ARTIFACT)
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    return run_id
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     from . import tracking
     from .config import load_config
@@ -87,7 +65,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     prepare_data(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tracking.check_store(uri)
-    run_id = create_run(cfg, uri, {"kind": "fit", "launcher": args.launcher})
+    run_id = tracking.create_config_run(cfg, uri, {"kind": "fit", "launcher": args.launcher})
     print(
         f"lfads: run {run_id} (experiment '{cfg.tracking.experiment}', tracking {uri}) on launcher '{args.launcher}'",
         file=sys.stderr,
@@ -111,6 +89,50 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"lfads: done. outputs in {out_dir}; browse with: mlflow ui --backend-store-uri {uri}",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_pbt(args: argparse.Namespace) -> int:
+    """AutoLFADS: population-based training; `lfads pbt status RUN` prints the population."""
+    from . import tracking
+
+    if args.items and args.items[0] == "status":
+        if len(args.items) != 2:
+            raise ConfigError("usage: lfads pbt status PARENT_RUN_ID")
+        from .pbt.run import status
+
+        uri = tracking.resolve_uri(args.tracking_uri)
+        tracking.check_store(uri)
+        print(status(tracking.client(uri), args.items[1], "all" if args.all else "latest"))
+        return 0
+    from launchers import get_launcher
+
+    from .pbt.config import load_pbt_config
+    from .pbt.run import load_parent, run_pbt
+
+    if args.resume:
+        if args.items:
+            raise ConfigError("--resume takes no config or overrides: the run's own config is used")
+        uri = tracking.resolve_uri(args.tracking_uri)
+        tracking.check_store(uri)
+        base, pbt, launcher_name = load_parent(tracking.client(uri), args.resume)
+        get_launcher(args.launcher or launcher_name)
+        prepare_data(base)
+        run_pbt(base, pbt, uri, args.launcher or launcher_name, parent=args.resume)
+        return 0
+    config_path, overrides = _split_config_and_overrides(args.items)
+    base, pbt = load_pbt_config(config_path, overrides)
+    base = resolve_paths(base)
+    if args.tracking_uri:
+        base = dataclasses.replace(
+            base, tracking=dataclasses.replace(base.tracking, uri=args.tracking_uri)
+        )
+    launcher_name = args.launcher or "local"
+    get_launcher(launcher_name)
+    prepare_data(base)
+    uri = tracking.resolve_uri(base.tracking.uri)
+    tracking.check_store(uri)
+    run_pbt(base, pbt, uri, launcher_name)
     return 0
 
 
@@ -252,6 +274,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.set_defaults(func=cmd_fit)
 
+    pbt = sub.add_parser(
+        "pbt",
+        help="AutoLFADS: population-based training (also: lfads pbt status RUN)",
+        description="Population-based training of LFADS. Re-running the same command resumes an unfinished run.",
+    )
+    pbt.add_argument(
+        "--launcher", choices=LAUNCHERS, default=None, help="where member jobs run (default local)"
+    )
+    pbt.add_argument(
+        "--resume", metavar="PARENT_RUN_ID", help="continue a PBT run from its state in MLflow"
+    )
+    pbt.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
+    pbt.add_argument(
+        "--all", action="store_true", help="with status: every generation, not only the latest"
+    )
+    pbt.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG.yaml | key=value | status RUN",
+        help="config file, then overrides like pbt.population=8",
+    )
+    pbt.set_defaults(func=cmd_pbt)
+
     sample = sub.add_parser("sample", help="posterior-sample a trained model again into HDF5")
     src = sample.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="MLflow run id of a finished fit")
@@ -297,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # MLflow draws a progress bar per artifact download; PBT downloads many small files.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     # Overrides may follow options (`--seed 3 n_neurons=40`), which plain parse_args rejects.
     args, extra = parser.parse_known_args(argv)

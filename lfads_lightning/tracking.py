@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DB_NAME = "mlflow.db"
 TAG_PREFIX = "lfads."
+CONFIG_ARTIFACT = "config.yaml"
 
 
 def resolve_uri(configured: str | None = None) -> str:
@@ -92,8 +93,15 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
                 f"MLflow experiment '{name}' is deleted; restore it or choose tracking.experiment"
             )
         return exp.experiment_id
+    artifact_location = None
+    uri = mlflow_client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        # Next to the database rather than MLflow's default ./mlruns of whatever the cwd is.
+        artifact_location = (
+            (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+        )
     try:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # noqa: BLE001 - lost a creation race
         exp = mlflow_client.get_experiment_by_name(name)
         if exp is None:
@@ -130,7 +138,39 @@ def mark_failed(uri: str, run_id: str, message: str, status: str = "FAILED") -> 
     try:
         c = client(uri)
         c.set_tag(run_id, TAG_PREFIX + "error", message[:4000])
-        if c.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+        run = c.get_run(run_id)
+        if TAG_PREFIX + "state" in run.data.tags:
+            c.set_tag(run_id, TAG_PREFIX + "state", "failed")
+        if run.info.status in ("RUNNING", "SCHEDULED"):
             c.set_terminated(run_id, status=status)
     except Exception:  # noqa: BLE001 - nothing more can be done if the store is gone
         pass
+
+
+def create_config_run(
+    cfg: Any,
+    uri: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+    extra_params: dict[str, Any] | None = None,
+) -> str:
+    """A new MLflow run holding the flattened config as params and the resolved config as YAML.
+
+    Tags are given without the `lfads.` prefix. A run whose setup fails is marked FAILED.
+    """
+    from .config import dump_yaml, flatten, to_dict
+
+    mlflow_client = client(uri)
+    exp_id = experiment_id(mlflow_client, cfg.tracking.experiment)
+    all_tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(exp_id, run_name=cfg.tracking.run_name, tags=all_tags)
+    run_id = run.info.run_id
+    try:
+        log_params(mlflow_client, run_id, {**flatten(to_dict(cfg)), **(extra_params or {})})
+        mlflow_client.log_text(run_id, dump_yaml(cfg), CONFIG_ARTIFACT)
+    except Exception:
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
+    return run_id

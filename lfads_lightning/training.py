@@ -20,8 +20,7 @@ import numpy as np
 from . import tracking
 from .config import LfadsConfig, config_from_dict
 from .errors import LfadsError
-
-CONFIG_ARTIFACT = "config.yaml"
+from .tracking import CONFIG_ARTIFACT
 
 
 def load_run_config(client: Any, run_id: str) -> LfadsConfig:
@@ -88,9 +87,13 @@ def make_trainer(
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
     if cfg.train.progress_bar:
-        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, 1))]
+        callbacks = [*callbacks, TQDMProgressBar()]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     return L.Trainer(
         max_epochs=max_epochs or cfg.train.max_epochs,
+        # Only when asked for: PBT members save one checkpoint at the end of their generation.
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         accelerator=cfg.train.accelerator,
         devices=1,
         logger=False,
@@ -227,7 +230,15 @@ def run_worker(run_id: str, uri: str) -> int:
     """Entry point of `lfads worker`: never leaves the run RUNNING, whatever happens."""
     try:
         client = tracking.client(uri)
+        run = client.get_run(run_id)
         cfg = load_run_config(client, run_id)
+        if run.data.tags.get(tracking.TAG_PREFIX + "kind") == "pbt_member":
+            from .pbt.member import train_member
+
+            fitness = train_member(cfg, run, uri)
+            client.set_terminated(run_id, status="FINISHED")
+            print(f"lfads: member run {run_id} finished: fitness {fitness:.6g}", file=sys.stderr)
+            return 0
         summary = fit_run(cfg, run_id, uri)
         client.set_terminated(run_id, status="FINISHED")
         shown = {k: round(v, 4) for k, v in summary.items() if k.startswith("posterior/")}

@@ -1,0 +1,138 @@
+"""The job of one PBT member for one generation, run by `lfads worker` like any other run.
+
+Everything comes from the MLflow run: the config (with this member's hyperparameters), the run
+whose checkpoint to start from (its own previous generation, or the winner it copies), and the
+epoch to train up to. It ends by logging its checkpoint and its fitness.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from .. import tracking
+from ..config import LfadsConfig
+from .state import FAILED, FINISHED, FITNESS_METRIC, RUNNING, P, set_state
+
+CHECKPOINT_ARTIFACT = "checkpoints/last.ckpt"
+
+
+class ApplyHyperparameters(Callback):
+    """Set the member's hyperparameters after Lightning restored the checkpoint.
+
+    Restoring an optimiser's state dict silently brings back the learning rate (and weight
+    decay) it was saved with; on_train_start runs after that restore.
+    """
+
+    def __init__(self, hparams: dict[str, float]) -> None:
+        self.hparams = hparams
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module.apply_hyperparameters(self.hparams)
+
+
+class Heartbeat(Callback):
+    """A tag with the wall time, each epoch: the controller's evidence that the job is alive."""
+
+    def __init__(self, client: Any, run_id: str, every_s: float = 5.0) -> None:
+        self.client, self.run_id, self.every_s = client, run_id, every_s
+        self._last = 0.0
+
+    def beat(self) -> None:
+        now = time.time()
+        if now - self._last >= self.every_s:
+            self.client.set_tag(self.run_id, P + "heartbeat", f"{now:.1f}")
+            self._last = now
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.beat()
+
+
+def _fault_injection(run: Any) -> None:
+    """Test hook (only with LFADS_TEST_FAULTS=1): crash, exit, hang or NaN on a chosen attempt."""
+    if os.environ.get("LFADS_TEST_FAULTS") != "1":
+        return
+    fault = run.data.tags.get(P + "test_fault", "")
+    if not fault:
+        return
+    kind, _, attempts = fault.partition("@")
+    attempt = int(run.data.tags.get(P + "attempt", "0"))
+    if attempts and str(attempt) not in attempts.split(","):
+        return
+    if kind == "crash":
+        raise RuntimeError("injected crash")
+    if kind == "exit":
+        os._exit(3)
+    if kind == "hang":
+        time.sleep(3600)
+
+
+def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
+    """Train from the parent checkpoint up to the target epoch; return the fitness."""
+    from ..callbacks import MlflowEpochLogger
+    from ..datamodule import LfadsDataModule
+    from ..training import build_module, make_trainer, set_threads
+
+    client = tracking.client(uri)
+    run_id = run.info.run_id
+    tags = run.data.tags
+    set_state(client, run_id, RUNNING)
+    heartbeat = Heartbeat(client, run_id)
+    heartbeat.beat()
+    _fault_injection(run)
+    set_threads(cfg.train.threads)
+    L.seed_everything(cfg.train.seed + int(tags.get(P + "generation", "0")), verbose=False)
+    hparams = json.loads(tags.get(P + "hparams", "{}"))
+    target_epoch = int(tags[P + "target_epoch"])
+    dm = LfadsDataModule(
+        cfg.data.paths,
+        cfg.data.batch_size,
+        cfg.model.recon,
+        cfg.data.sv_rate,
+        cfg.data.sv_seed,
+        cfg.train.seed,
+    )
+    module = build_module(cfg, dm)
+    run_dir = Path(cfg.output.dir) / run_id
+    callbacks = [ApplyHyperparameters(hparams), MlflowEpochLogger(uri, run_id), heartbeat]
+    trainer = make_trainer(cfg, run_dir, callbacks, max_epochs=target_epoch)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        source = tags.get(P + "copied_from")
+        if source:
+            ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, tmp)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    fitness = module.recon_smth if module.recon_smth is not None else math.nan
+    if os.environ.get("LFADS_TEST_FAULTS") == "1" and tags.get(P + "test_fault", "").startswith(
+        "nan"
+    ):
+        kind, _, attempts = tags[P + "test_fault"].partition("@")
+        if not attempts or tags.get(P + "attempt", "0") in attempts.split(","):
+            fitness = math.nan
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "last.ckpt"
+    trainer.save_checkpoint(path)
+    client.log_artifact(run_id, str(path), "checkpoints")
+    path.unlink()
+    tracking.log_metrics(
+        client, run_id, {"epochs": float(trainer.current_epoch)}, step=trainer.current_epoch
+    )
+    if not math.isfinite(fitness):
+        client.set_tag(run_id, P + "fitness", "nan")
+        client.log_metric(run_id, FITNESS_METRIC, math.nan, step=trainer.current_epoch)
+        set_state(client, run_id, FAILED)
+        raise FloatingPointError("member fitness is not finite (NaN)")
+    client.log_metric(run_id, FITNESS_METRIC, fitness, step=trainer.current_epoch)
+    client.set_tag(run_id, P + "fitness", f"{fitness:.6g}")
+    set_state(client, run_id, FINISHED)
+    return fitness
