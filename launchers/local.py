@@ -1,55 +1,135 @@
-"""Local launcher: each worker is a subprocess of this machine.
+"""Local launcher: worker jobs as processes of this machine.
 
-Workers run in their own process group so cancelling also stops anything they started, and
-with a fixed number of torch/OpenMP threads: several processes at default threads on a small
-machine run many times slower than with one thread each.
+Two modes. Cold (default for a single `lfads fit`): one `lfads worker` process per job, its
+output on the terminal or in a log file. Warm (PBT): a few long-lived `lfads serve` processes
+take jobs one after another, so a job does not pay interpreter start and imports again.
+
+Every process runs in its own process group (cancelling also stops its children) and with a
+fixed number of torch/OpenMP threads: several processes at default threads on a small machine
+run many times slower than with one thread each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from .base import JobHandle, JobState, Launcher, worker_command
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LFADS_THREADS")
 
 
+def _env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if threads:
+        env.update({var: str(threads) for var in THREAD_VARS})
+    return env
+
+
+def _kill_group(proc: subprocess.Popen, grace: float) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class _Slot:
+    """One warm `lfads serve` process and the jobs it reported done."""
+
+    proc: subprocess.Popen
+    threads: int | None
+    log: IO[bytes] | None
+    current: str | None = None
+    done: dict[str, int] = field(default_factory=dict)
+    lines: queue.Queue = field(default_factory=queue.Queue)
+
+    def start_reader(self) -> None:
+        def read() -> None:
+            for raw in self.proc.stdout:  # type: ignore[union-attr]
+                self.lines.put(raw.decode().strip())
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "done":
+                self.done[parts[1]] = int(parts[2])
+                if self.current == parts[1]:
+                    self.current = None
+
+
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, log_dir: str | Path | None = None, python: str | None = None) -> None:
+    def __init__(
+        self, log_dir: str | Path | None = None, python: str | None = None, warm: bool = False
+    ) -> None:
         self.log_dir = Path(log_dir) if log_dir else None
-        self.python = python
+        self.python = python or sys.executable
+        self.warm = warm
         self._procs: dict[str, subprocess.Popen] = {}
+        self._slots: dict[int, _Slot] = {}
+
+    def _log_file(self, name: str) -> IO[bytes] | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
+
+    # ------------------------------------------------------------------ contract
 
     def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
-        env = dict(os.environ)
-        if threads:
-            env.update({var: str(threads) for var in THREAD_VARS})
-        stdout = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            stdout = open(self.log_dir / f"{run_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        if self.warm:
+            return self._submit_warm(run_id, tracking_uri, threads)
+        log = self._log_file(run_id)
         proc = subprocess.Popen(
             worker_command(run_id, tracking_uri, self.python),
-            env=env,
-            stdout=stdout,
-            stderr=subprocess.STDOUT if stdout else None,
+            env=_env(threads),
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
             start_new_session=True,
         )
-        if stdout is not None:
-            stdout.close()
+        if log is not None:
+            log.close()
         self._procs[str(proc.pid)] = proc
-        return JobHandle(self.name, str(proc.pid), run_id)
+        return JobHandle(self.name, str(proc.pid), run_id, {"pid": proc.pid})
 
     def poll(self, handle: JobHandle) -> JobState:
-        proc = self._procs.get(handle.job_id)
+        pid = int(handle.info.get("pid", handle.job_id.split(":")[0]))
+        if handle.info.get("warm"):
+            slot = self._slots.get(pid)
+            if slot is None:
+                return JobState.RUNNING if _pid_alive(pid) else JobState.UNKNOWN
+            slot.drain()
+            if handle.run_id in slot.done:
+                return JobState.SUCCEEDED if slot.done[handle.run_id] == 0 else JobState.FAILED
+            if slot.proc.poll() is not None:
+                return JobState.FAILED
+            return JobState.RUNNING
+        proc = self._procs.get(str(pid))
         if proc is None:
-            # Not started by this launcher instance (e.g. before a controller restart).
-            return JobState.RUNNING if _pid_alive(int(handle.job_id)) else JobState.UNKNOWN
+            # Started before a controller restart: only liveness can be known.
+            return JobState.RUNNING if _pid_alive(pid) else JobState.UNKNOWN
         code = proc.poll()
         if code is None:
             return JobState.RUNNING
@@ -59,25 +139,65 @@ class LocalLauncher(Launcher):
             return JobState.CANCELLED
         return JobState.FAILED
 
-    def exit_code(self, handle: JobHandle) -> int | None:
-        proc = self._procs.get(handle.job_id)
-        return None if proc is None else proc.poll()
-
     def cancel(self, handle: JobHandle, grace: float = 10.0) -> None:
-        pid = int(handle.job_id)
-        proc = self._procs.get(handle.job_id)
-        if proc is not None and proc.poll() is not None:
-            return
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        pid = int(handle.info.get("pid", handle.job_id.split(":")[0]))
+        if handle.info.get("warm"):
+            slot = self._slots.get(pid)
+            if slot is not None:
+                slot.drain()
+                if handle.run_id in slot.done or slot.current != handle.run_id:
+                    return  # that job is over; the slot may already be serving another one
+                self._slots.pop(pid)
+                _kill_group(slot.proc, grace)
+                return
+        proc = self._procs.get(str(pid))
         if proc is not None:
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(pid, signal.SIGKILL)
-                proc.wait()
+            _kill_group(proc, grace)
+            return
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        """End idle warm slots (their stdin closes; a busy one finishes its job first)."""
+        for slot in self._slots.values():
+            if slot.proc.stdin and not slot.proc.stdin.closed:
+                slot.proc.stdin.close()
+        self._slots.clear()
+
+    # ------------------------------------------------------------------ warm slots
+
+    def _submit_warm(self, run_id: str, tracking_uri: str, threads: int | None) -> JobHandle:
+        slot = self._idle_slot(threads)
+        slot.current = run_id
+        assert slot.proc.stdin is not None
+        slot.proc.stdin.write(f"{run_id} {tracking_uri}\n".encode())
+        slot.proc.stdin.flush()
+        pid = slot.proc.pid
+        return JobHandle(self.name, f"{pid}:{run_id}", run_id, {"pid": pid, "warm": True})
+
+    def _idle_slot(self, threads: int | None) -> _Slot:
+        for pid, slot in list(self._slots.items()):
+            slot.drain()
+            if slot.proc.poll() is not None:
+                self._slots.pop(pid)
+            elif slot.current is None and slot.threads == threads:
+                return slot
+        log = self._log_file(f"warm-{len(self._slots)}-{os.getpid()}")
+        proc = subprocess.Popen(
+            [self.python, "-m", "lfads_lightning", "serve"],
+            env=_env(threads),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log if log else None,
+            start_new_session=True,
+        )
+        if log is not None:
+            log.close()
+        slot = _Slot(proc, threads, None)
+        slot.start_reader()
+        self._slots[proc.pid] = slot
+        return slot
 
 
 def _pid_alive(pid: int) -> bool:

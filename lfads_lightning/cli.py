@@ -115,10 +115,22 @@ def cmd_pbt(args: argparse.Namespace) -> int:
             raise ConfigError("--resume takes no config or overrides: the run's own config is used")
         uri = tracking.resolve_uri(args.tracking_uri)
         tracking.check_store(uri)
-        base, pbt, launcher_name = load_parent(tracking.client(uri), args.resume)
+        base, pbt, launcher_name, search = load_parent(tracking.client(uri), args.resume)
         get_launcher(args.launcher or launcher_name)
         prepare_data(base)
-        run_pbt(base, pbt, uri, args.launcher or launcher_name, parent=args.resume)
+        n_trials = (
+            int(tracking.client(uri).get_run(args.resume).data.params.get("search.n_trials", 0))
+            or None
+        )
+        run_pbt(
+            base,
+            pbt,
+            uri,
+            args.launcher or launcher_name,
+            parent=args.resume,
+            search=search,
+            n_trials=n_trials,
+        )
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     base, pbt = load_pbt_config(config_path, overrides)
@@ -132,8 +144,21 @@ def cmd_pbt(args: argparse.Namespace) -> int:
     prepare_data(base)
     uri = tracking.resolve_uri(base.tracking.uri)
     tracking.check_store(uri)
-    run_pbt(base, pbt, uri, launcher_name)
+    run_pbt(
+        base,
+        pbt,
+        uri,
+        launcher_name,
+        search=getattr(args, "sampler", None),
+        n_trials=getattr(args, "trials", None),
+    )
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -300,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pbt.set_defaults(func=cmd_pbt)
 
+    search = sub.add_parser(
+        "search",
+        help="Optuna search (random or TPE) over the PBT search space: the baseline to PBT",
+        description="Each trial trains for PBT's whole epoch budget; same launchers and MLflow layout as lfads pbt.",
+    )
+    search.add_argument("--sampler", choices=("random", "tpe"), default="random")
+    search.add_argument("--trials", type=int, help="number of trials (default: pbt.population)")
+    search.add_argument("--launcher", choices=LAUNCHERS, default=None)
+    search.add_argument(
+        "--resume", metavar="PARENT_RUN_ID", help="continue a search from its state in MLflow"
+    )
+    search.add_argument("--tracking-uri")
+    search.add_argument("--all", action="store_true", help=argparse.SUPPRESS)
+    search.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
+    search.set_defaults(func=cmd_pbt)
+
     sample = sub.add_parser("sample", help="posterior-sample a trained model again into HDF5")
     src = sample.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="MLflow run id of a finished fit")
@@ -341,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--run-id", required=True)
     worker.add_argument("--tracking-uri", required=True)
     worker.set_defaults(func=cmd_worker)
+
+    serve = sub.add_parser("serve", help="(internal) a warm worker: runs jobs read from stdin")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -331,6 +331,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults < YAML file < overrides; validated."""
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
+    raw.pop("pbt", None)  # a PBT config file also works for a single fit (`lfads pbt` reads it)
     return validate(from_dict(LfadsConfig, raw))
 
 

@@ -33,8 +33,16 @@ def load_run_config(client: Any, run_id: str) -> LfadsConfig:
 
 
 def set_threads(threads: int) -> int:
+    """Also quiets Lightning's start-up chatter (accelerator lines, tips) in worker logs."""
+    import logging
+    import warnings
+
     import torch
 
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     n = threads or int(os.environ.get("LFADS_THREADS", "0")) or (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n

@@ -97,14 +97,15 @@ class Controller:
         attempt: int = 0,
         extra_tags: dict[str, str] | None = None,
     ) -> str:
+        epochs = self.epochs_for(generation)
         train = {
-            "max_epochs": target_epoch(self.pbt, generation),
+            "max_epochs": epochs,
             "early_stopping": False,
             "progress_bar": False,
+            "threads": self.threads,
         }
-        train["threads"] = self.threads
         cfg = with_hparams(self.base, hparams, **train)
-        name = f"m{member:02d}-g{generation:03d}" + (f"-retry{attempt}" if attempt else "")
+        name = self.run_name(member, generation) + (f"-retry{attempt}" if attempt else "")
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, run_name=name))
         tags = {
             "kind": "pbt_member",
@@ -115,7 +116,7 @@ class Controller:
             "copied_from": copied_from or "",
             "copied_from_member": "" if copied_from_member is None else str(copied_from_member),
             "hparams": json.dumps(hparams, sort_keys=True),
-            "target_epoch": str(target_epoch(self.pbt, generation)),
+            "target_epoch": str(epochs),
             "launcher": self.launcher.name,
             **(extra_tags or {}),
         }
@@ -123,6 +124,12 @@ class Controller:
         return tracking.create_config_run(
             cfg, self.uri, tags, parent_run_id=self.parent, extra_params=params
         )
+
+    def epochs_for(self, generation: int) -> int:
+        return target_epoch(self.pbt, generation)
+
+    def run_name(self, member: int, generation: int) -> str:
+        return f"m{member:02d}-g{generation:03d}"
 
     def _member_tags(self, member: int) -> dict[str, str]:
         """Per-member extra tags from the test-only fault plan (LFADS_TEST_FAULT_PLAN, JSON)."""

@@ -26,41 +26,61 @@ def config_hash(base: LfadsConfig, pbt: PbtConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def find_unfinished(client: Any, base: LfadsConfig, digest: str) -> str | None:
+def find_unfinished(client: Any, base: LfadsConfig, digest: str, kind: str = "pbt") -> str | None:
     """A running PBT parent of this exact config: re-running the command resumes it."""
     exp = client.get_experiment_by_name(base.tracking.experiment)
     if exp is None:
         return None
     runs = client.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`lfads.kind` = 'pbt' and tags.`lfads.config_hash` = '{digest}' and attributes.status = 'RUNNING'",
+        filter_string=(
+            f"tags.`lfads.kind` = '{kind}' and tags.`lfads.config_hash` = '{digest}' "
+            "and attributes.status = 'RUNNING'"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
 
-def create_parent(base: LfadsConfig, pbt: PbtConfig, uri: str, launcher: str, digest: str) -> str:
+def create_parent(
+    base: LfadsConfig,
+    pbt: PbtConfig,
+    uri: str,
+    launcher: str,
+    digest: str,
+    search: str | None = None,
+    n_trials: int | None = None,
+) -> str:
     params = {f"pbt.{k}": v for k, v in flatten(dataclasses.asdict(pbt)).items() if k != "space"}
     params["pbt.space"] = json.dumps([dataclasses.asdict(hp) for hp in pbt.space])
+    if search:
+        params.update({"search.sampler": search, "search.n_trials": n_trials or pbt.population})
     run_id = tracking.create_config_run(
         base,
         uri,
-        {"kind": "pbt", "launcher": launcher, "state": "running", "config_hash": digest},
+        {
+            "kind": "search" if search else "pbt",
+            "launcher": launcher,
+            "state": "running",
+            "config_hash": digest,
+            **({"search": search} if search else {}),
+        },
         extra_params=params,
     )
     write_pbt_artifacts(tracking.client(uri), run_id, base, pbt)
     return run_id
 
 
-def load_parent(client: Any, parent: str) -> tuple[LfadsConfig, PbtConfig, str]:
+def load_parent(client: Any, parent: str) -> tuple[LfadsConfig, PbtConfig, str, str | None]:
+    """(base config, pbt config, launcher name, search sampler or None) of a parent run."""
     try:
         run = client.get_run(parent)
     except Exception:  # noqa: BLE001
         raise LfadsError(
             f"PBT run {parent} not found in this tracking store; check the id and MLFLOW_TRACKING_URI"
         ) from None
-    if run.data.tags.get("lfads.kind") != "pbt":
+    if run.data.tags.get("lfads.kind") not in ("pbt", "search"):
         raise LfadsError(
             f"run {parent} is not a PBT parent run (lfads.kind={run.data.tags.get('lfads.kind')})"
         )
@@ -76,6 +96,7 @@ def load_parent(client: Any, parent: str) -> tuple[LfadsConfig, PbtConfig, str]:
         base,
         validate_pbt(from_dict(PbtConfig, pbt_raw, "pbt."), base),
         run.data.tags.get("lfads.launcher", "local"),
+        run.data.tags.get("lfads.search"),
     )
 
 
@@ -86,34 +107,46 @@ def run_pbt(
     launcher_name: str,
     parent: str | None = None,
     poll_interval: float = 1.0,
+    search: str | None = None,
+    n_trials: int | None = None,
 ) -> str:
-    """Run (or resume) to the end; returns the parent run id."""
+    """Run (or resume) PBT, or with `search` an Optuna search, to the end; returns the parent id."""
     from launchers import get_launcher
 
     client = tracking.client(uri)
     if parent is None:
-        digest = config_hash(base, pbt)
-        parent = find_unfinished(client, base, digest)
+        digest = config_hash(base, pbt) + (f"-{search}-{n_trials}" if search else "")
+        parent = find_unfinished(client, base, digest, "search" if search else "pbt")
         if parent:
             print(f"lfads pbt: resuming unfinished PBT run {parent} (same config)", file=sys.stderr)
         else:
-            parent = create_parent(base, pbt, uri, launcher_name, digest)
+            parent = create_parent(base, pbt, uri, launcher_name, digest, search, n_trials)
             print(
                 f"lfads pbt: new PBT run {parent} (experiment '{base.tracking.experiment}', tracking {uri})",
                 file=sys.stderr,
             )
     log_dir = Path(base.output.dir) / parent / "logs"
-    launcher = (
-        get_launcher(launcher_name, log_dir=log_dir)
-        if launcher_name == "local"
-        else get_launcher(launcher_name)
-    )
+    if launcher_name == "local":
+        # Warm workers: a member job would otherwise pay interpreter start + imports each time.
+        warm = os.environ.get("LFADS_LOCAL_WARM", "1") != "0"
+        launcher = get_launcher(launcher_name, log_dir=log_dir, warm=warm)
+    else:
+        launcher = get_launcher(launcher_name)
     cores = os.cpu_count() or 1
     concurrency = pbt.concurrency or min(pbt.population, cores)
     threads = base.train.threads or max(1, cores // concurrency)
-    controller = Controller(uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
+    args = (uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
+    if search:
+        from .search import SearchController
+
+        controller = SearchController(*args, sampler=search, n_trials=n_trials or pbt.population)
+    else:
+        controller = Controller(*args)
     try:
-        best_run = controller.run()
+        try:
+            best_run = controller.run()
+        finally:
+            launcher.close()
         finish(client, uri, parent, best_run, pbt)
     except LfadsError as err:
         client.set_tag(parent, "lfads.state", "failed")
