@@ -9,6 +9,7 @@ EOF at stdin ends the process after the current job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -22,7 +23,13 @@ def serve() -> int:
 
     from .training import run_worker  # the expensive imports, once
 
-    protocol.write("ready\n")
+    def reply(text: str) -> None:
+        # The controller may be gone (killed): the job must still finish and close its run,
+        # so that a resumed controller can adopt it. A dead reader must not kill us.
+        with contextlib.suppress(OSError):
+            protocol.write(text + "\n")
+
+    reply("ready")
     for line in sys.stdin:
         parts = line.split()
         if len(parts) != 2:
@@ -31,5 +38,5 @@ def serve() -> int:
         print(f"=== {time.strftime('%H:%M:%S')} job {run_id}", file=sys.stderr, flush=True)
         code = run_worker(run_id, uri)
         sys.stderr.flush()
-        protocol.write(f"done {run_id} {code}\n")
+        reply(f"done {run_id} {code}")
     return 0

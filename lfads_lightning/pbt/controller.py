@@ -204,6 +204,7 @@ class Controller:
                     entry["copied_from_member"],
                     extra_tags=self._member_tags(member) if generation == 0 else None,
                 )
+                _test_kill_point("mid_creation", generation)
 
     def _run_generation(self, generation: int) -> None:
         latest = latest_attempts(load_members(self.client, self.parent), generation)
@@ -417,6 +418,7 @@ class Controller:
             self.client.log_text(
                 self.parent, json.dumps(decisions, indent=1), decisions_path(generation)
             )
+            _test_kill_point("after_decisions", generation)
         for rep in decisions["replacements"]:
             if latest[rep["loser"]].state == FINISHED:
                 set_state(self.client, rep["loser_run"], EXPLOITED)

@@ -75,6 +75,15 @@ def _fault_injection(run: Any) -> None:
         time.sleep(3600)
 
 
+def _injected_nan(tags: dict[str, str]) -> bool:
+    if os.environ.get("LFADS_TEST_FAULTS") != "1" or not tags.get(P + "test_fault", "").startswith(
+        "nan"
+    ):
+        return False
+    _, _, attempts = tags[P + "test_fault"].partition("@")
+    return not attempts or tags.get(P + "attempt", "0") in attempts.split(",")
+
+
 def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     """Train from the parent checkpoint up to the target epoch; return the fitness."""
     from ..callbacks import MlflowEpochLogger
@@ -101,29 +110,21 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
         cfg.train.seed,
     )
     module = build_module(cfg, dm)
-    run_dir = Path(cfg.output.dir) / run_id
     callbacks = [ApplyHyperparameters(hparams), MlflowEpochLogger(uri, run_id), heartbeat]
-    trainer = make_trainer(cfg, run_dir, callbacks, max_epochs=target_epoch)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
+    # Everything a member keeps goes to MLflow; its local files live only as long as the job.
+    with tempfile.TemporaryDirectory(prefix="lfads-member-") as work:
+        trainer = make_trainer(cfg, Path(work), callbacks, max_epochs=target_epoch)
         source = tags.get(P + "copied_from")
-        if source:
-            ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, tmp)
+        ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, work) if source else None
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        path = Path(work) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        client.log_artifact(run_id, str(path), "checkpoints")
     fitness = module.recon_smth if module.recon_smth is not None else math.nan
-    if os.environ.get("LFADS_TEST_FAULTS") == "1" and tags.get(P + "test_fault", "").startswith(
-        "nan"
-    ):
-        kind, _, attempts = tags[P + "test_fault"].partition("@")
-        if not attempts or tags.get(P + "attempt", "0") in attempts.split(","):
-            fitness = math.nan
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "last.ckpt"
-    trainer.save_checkpoint(path)
-    client.log_artifact(run_id, str(path), "checkpoints")
-    path.unlink()
+    if _injected_nan(tags):
+        fitness = math.nan
     tracking.log_metrics(
         client, run_id, {"epochs": float(trainer.current_epoch)}, step=trainer.current_epoch
     )

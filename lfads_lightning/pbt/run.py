@@ -222,7 +222,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
 def status(client: Any, parent: str, generations: str = "latest") -> str:
     from . import report
 
-    base, pbt, _ = load_parent(client, parent)
+    base, pbt, _, _ = load_parent(client, parent)
     run = client.get_run(parent)
     members = load_members(client, parent)
     head = (
