@@ -257,3 +257,35 @@ def test_rerunning_the_same_command_resumes(tmp_path, data_dir):
     assert "resuming unfinished PBT run" in again.stderr
     assert len([r for r in all_runs(uri) if r.data.tags.get("lfads.kind") == "pbt"]) == 1
     assert_complete_population(uri, 4, 2, tmp_path)
+
+
+def test_random_search_uses_the_same_layout_and_budget(tmp_path, data_dir):
+    root, uri = project(tmp_path, data_dir, pbt_config(generations=2))
+    proc = lfads(
+        "search",
+        "--sampler",
+        "random",
+        "--trials",
+        "3",
+        "pbt.yaml",
+        cwd=root,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    parent = parent_of_kind(uri, "search")
+    assert parent.info.status == "FINISHED" and parent.data.tags["lfads.search"] == "random"
+    trials = members_of(uri)
+    assert sorted(int(r.data.tags["lfads.member"]) for r in trials) == [0, 1, 2]
+    for r in trials:
+        assert (
+            r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        )
+        # PBT's whole budget per trial: burn_in 1 + 2 generations x 1 epoch.
+        assert r.data.tags["lfads.target_epoch"] == "3" and r.data.params["train.max_epochs"] == "3"
+    assert len({r.data.tags["lfads.hparams"] for r in trials}) == 3  # sampled, not copied
+    assert "posterior/valid_rate_r2" in parent.data.metrics
+
+
+def parent_of_kind(uri: str, kind: str):
+    (parent,) = [r for r in all_runs(uri) if r.data.tags.get("lfads.kind") == kind]
+    return parent
