@@ -211,20 +211,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> list[Path]:
-    from .datamodule import LfadsDataModule
     from .module import LfadsModule
     from .sampling import sample_all, write_output
-    from .training import set_threads
+    from .training import datamodule_for, set_threads
 
     set_threads(cfg.train.threads)
-    dm = LfadsDataModule(
-        cfg.data.paths,
-        cfg.data.batch_size,
-        cfg.model.recon,
-        cfg.data.sv_rate,
-        cfg.data.sv_seed,
-        cfg.train.seed,
-    )
+    dm = datamodule_for(cfg)
     module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
     outputs = sample_all(module, dm, n_samples)
     return [

@@ -48,6 +48,16 @@ def set_threads(threads: int) -> int:
     return n
 
 
+def datamodule_for(cfg: LfadsConfig) -> Any:
+    """The DataModule a config describes (loads and validates every file now)."""
+    from .datamodule import LfadsDataModule
+
+    d = cfg.data
+    return LfadsDataModule(
+        d.paths, d.batch_size, cfg.model.recon, d.sv_rate, d.sv_seed, cfg.train.seed
+    )
+
+
 def build_module(cfg: LfadsConfig, dm: Any) -> Any:
     import torch
 
@@ -122,20 +132,12 @@ def fit_run(cfg: LfadsConfig, run_id: str, uri: str) -> dict[str, float]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from .callbacks import BurnInEarlyStopping, MlflowEpochLogger
-    from .datamodule import LfadsDataModule
     from .module import LfadsModule
 
     client = tracking.client(uri)
     threads = set_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, verbose=False)
-    dm = LfadsDataModule(
-        cfg.data.paths,
-        cfg.data.batch_size,
-        cfg.model.recon,
-        cfg.data.sv_rate,
-        cfg.data.sv_seed,
-        cfg.train.seed,
-    )
+    dm = datamodule_for(cfg)
     module = build_module(cfg, dm)
     run_dir = Path(cfg.output.dir) / run_id
     ckpt = ModelCheckpoint(

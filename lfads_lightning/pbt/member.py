@@ -87,8 +87,7 @@ def _injected_nan(tags: dict[str, str]) -> bool:
 def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     """Train from the parent checkpoint up to the target epoch; return the fitness."""
     from ..callbacks import MlflowEpochLogger
-    from ..datamodule import LfadsDataModule
-    from ..training import build_module, make_trainer, set_threads
+    from ..training import build_module, datamodule_for, make_trainer, set_threads
 
     client = tracking.client(uri)
     run_id = run.info.run_id
@@ -101,14 +100,7 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     L.seed_everything(cfg.train.seed + int(tags.get(P + "generation", "0")), verbose=False)
     hparams = json.loads(tags.get(P + "hparams", "{}"))
     target_epoch = int(tags[P + "target_epoch"])
-    dm = LfadsDataModule(
-        cfg.data.paths,
-        cfg.data.batch_size,
-        cfg.model.recon,
-        cfg.data.sv_rate,
-        cfg.data.sv_seed,
-        cfg.train.seed,
-    )
+    dm = datamodule_for(cfg)
     module = build_module(cfg, dm)
     callbacks = [ApplyHyperparameters(hparams), MlflowEpochLogger(uri, run_id), heartbeat]
     # Everything a member keeps goes to MLflow; its local files live only as long as the job.

@@ -164,9 +164,8 @@ def run_pbt(
 
 def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) -> None:
     """Posterior-sample the best member onto the parent run and write the report."""
-    from ..datamodule import LfadsDataModule
     from ..module import LfadsModule
-    from ..training import load_run_config, sample_and_log, set_threads
+    from ..training import datamodule_for, load_run_config, sample_and_log, set_threads
     from . import report
     from .member import CHECKPOINT_ARTIFACT
 
@@ -178,14 +177,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = client.download_artifacts(best_run, CHECKPOINT_ARTIFACT, tmp)
         module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
-    dm = LfadsDataModule(
-        cfg.data.paths,
-        cfg.data.batch_size,
-        cfg.model.recon,
-        cfg.data.sv_rate,
-        cfg.data.sv_seed,
-        cfg.train.seed,
-    )
+    dm = datamodule_for(cfg)
     print(
         f"lfads pbt: posterior-sampling the best member {best.member} (run {best_run})",
         file=sys.stderr,
