@@ -95,7 +95,11 @@ def get_launcher(name: str, **options: Any) -> Launcher:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
+        if err.name == module_name:
+            raise ConfigError(
+                f"launcher {name!r} is not implemented in this version; use --launcher local"
+            ) from None
         raise ConfigError(
-            f"launcher {name!r} is not available here ({err}); use --launcher local"
+            f"launcher {name!r} needs the package {err.name!r}; install it or use --launcher local"
         ) from None
     return getattr(module, cls_name)(**options)
