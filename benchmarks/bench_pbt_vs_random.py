@@ -1,6 +1,6 @@
 """PBT vs random search on synthetic Lorenz data, with the same total epoch budget.
 
-Both use the AutoLFADS search space, the local launcher and 8 members/trials; every PBT member
+Both use configs/pbt_lorenz.yaml's search space (AutoLFADS without the controller's terms), the local launcher and 8 members/trials; every PBT member
 trains burn_in + generations x epochs_per_generation epochs, and so does every random trial.
 Reported for each: best validation fitness (valid/recon_smth of the chosen member/trial) and rate
 R2 of its posterior-sampled rates against the true rates (validation trials), plus wall time.
@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from lfads_lightning import tracking
-from lfads_lightning.config import load_config
-from lfads_lightning.pbt.config import PbtConfig
+from lfads_lightning.pbt.config import load_pbt_config
 from lfads_lightning.pbt.run import run_pbt
 from lfads_lightning.synth import make_dataset
 
@@ -54,22 +53,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pbt-random-"))
     data = work / "lorenz.h5"
     make_dataset("lorenz", data, seed=0)
-    base = load_config(
-        ROOT / "configs" / "lorenz.yaml",
+    base, pbt = load_pbt_config(
+        ROOT / "configs" / "pbt_lorenz.yaml",
         [
             f"data.paths=[{data}]",
             f"output.dir={work / 'out'}",
-            "loss.kl_increase_epoch=40",
-            "loss.l2_increase_epoch=40",
+            f"loss.kl_increase_epoch={args.burn_in}",
+            f"loss.l2_increase_epoch={args.burn_in}",
+            f"pbt.population={args.population}",
+            f"pbt.epochs_per_generation={args.epochs_per_generation}",
+            f"pbt.burn_in={args.burn_in}",
+            f"pbt.max_generations={args.generations}",
+            "pbt.patience=100",
+            f"pbt.seed={args.seed}",
         ],
-    )
-    pbt = PbtConfig(
-        population=args.population,
-        epochs_per_generation=args.epochs_per_generation,
-        burn_in=args.burn_in,
-        max_generations=args.generations,
-        patience=100,
-        seed=args.seed,
     )
     uri = f"sqlite:///{work / 'mlflow.db'}"
     tracking.check_store(uri)

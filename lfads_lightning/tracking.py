@@ -134,11 +134,16 @@ def log_metrics(
 
 
 def mark_failed(uri: str, run_id: str, message: str, status: str = "FAILED") -> None:
-    """Best effort: a run whose job failed must not stay RUNNING."""
+    """Best effort: a run whose job failed must not stay RUNNING.
+
+    The first error recorded wins: the worker's own message is more specific than what a
+    launcher or controller can say afterwards.
+    """
     try:
         c = client(uri)
-        c.set_tag(run_id, TAG_PREFIX + "error", message[:4000])
         run = c.get_run(run_id)
+        if TAG_PREFIX + "error" not in run.data.tags:
+            c.set_tag(run_id, TAG_PREFIX + "error", message[:4000])
         if TAG_PREFIX + "state" in run.data.tags:
             c.set_tag(run_id, TAG_PREFIX + "state", "failed")
         if run.info.status in ("RUNNING", "SCHEDULED"):

@@ -88,6 +88,10 @@ def validate_pbt(pbt: PbtConfig, base: LfadsConfig) -> PbtConfig:
         )
     if pbt.selection not in ("tournament", "truncation"):
         raise ConfigError(f"pbt.selection: {pbt.selection!r} is not one of tournament, truncation")
+    if not 0.0 < pbt.truncation_fraction <= 0.5:
+        raise ConfigError(
+            f"pbt.truncation_fraction must be in (0, 0.5], got {pbt.truncation_fraction}"
+        )
     if pbt.retries < 0 or pbt.heartbeat_timeout <= 0:
         raise ConfigError("pbt.retries must be >= 0 and pbt.heartbeat_timeout > 0")
     keys = set()
