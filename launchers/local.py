@@ -89,6 +89,7 @@ class LocalLauncher(Launcher):
         self.warm = warm
         self._procs: dict[str, subprocess.Popen] = {}
         self._slots: dict[int, _Slot] = {}
+        self._cancelled: set[str] = set()  # warm jobs whose slot this launcher killed
 
     def _log_file(self, name: str) -> IO[bytes] | None:
         if self.log_dir is None:
@@ -117,6 +118,8 @@ class LocalLauncher(Launcher):
     def poll(self, handle: JobHandle) -> JobState:
         pid = int(handle.info.get("pid", handle.job_id.split(":")[0]))
         if handle.info.get("warm"):
+            if handle.job_id in self._cancelled:
+                return JobState.CANCELLED
             slot = self._slots.get(pid)
             if slot is None:
                 return JobState.RUNNING if _pid_alive(pid) else JobState.UNKNOWN
@@ -149,6 +152,7 @@ class LocalLauncher(Launcher):
                     return  # that job is over; the slot may already be serving another one
                 self._slots.pop(pid)
                 _kill_group(slot.proc, grace)
+                self._cancelled.add(handle.job_id)
                 return
         proc = self._procs.get(str(pid))
         if proc is not None:

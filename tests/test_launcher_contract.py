@@ -1,0 +1,125 @@
+"""The launcher contract, run against every launcher available here (local cold, local warm).
+
+submit returns at once; poll never blocks and ends in a terminal state that matches the job's
+outcome; cancel stops a running job; the MLflow run of a job is never left RUNNING. Real worker
+processes and a real sqlite MLflow store. (SLURM and Kubernetes launchers are not implemented yet;
+they join this parametrisation when they are.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from launchers import JobState, get_launcher
+from lfads_lightning import tracking
+from lfads_lightning.config import LfadsConfig
+from lfads_lightning.synth import make_dataset
+
+LAUNCHERS = {
+    "local-cold": lambda tmp: get_launcher("local", log_dir=tmp / "logs"),
+    "local-warm": lambda tmp: get_launcher("local", log_dir=tmp / "logs", warm=True),
+}
+
+
+@pytest.fixture(params=sorted(LAUNCHERS))
+def launcher(request, tmp_path):
+    instance = LAUNCHERS[request.param](tmp_path)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("LFADS_TEST_FAULTS", "1")  # inherited by the worker processes
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.check_store(uri)
+    data = tmp_path / "d.h5"
+    make_dataset(
+        "lorenz", data, seed=2, n_conditions=3, trials_per_condition=4, n_steps=10, n_neurons=5
+    )
+    cfg = LfadsConfig()
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, paths=[str(data)], synth=None, batch_size=6),
+        model=dataclasses.replace(
+            cfg.model,
+            ic_enc_dim=4,
+            ci_enc_dim=0,
+            con_dim=0,
+            co_dim=0,
+            ic_dim=3,
+            gen_dim=6,
+            fac_dim=2,
+        ),
+        train=dataclasses.replace(cfg.train, max_epochs=1, progress_bar=False, threads=1),
+        output=dataclasses.replace(
+            cfg.output, dir=str(tmp_path / "out"), n_samples=1, figures=False
+        ),
+        tracking=dataclasses.replace(cfg.tracking, experiment="contract"),
+    )
+    return uri, cfg
+
+
+def wait_terminal(launcher, handle, timeout: float = 120.0) -> JobState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        state = launcher.poll(handle)
+        assert time.monotonic() - start < 1.0, "poll must not block"
+        if state.terminal:
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"job did not end within {timeout} s")
+
+
+def test_successful_job(launcher, store):
+    uri, cfg = store
+    run_id = tracking.create_config_run(cfg, uri, {"kind": "fit"})
+    start = time.monotonic()
+    handle = launcher.submit(run_id, uri, threads=1)
+    assert time.monotonic() - start < 5.0, "submit must return at once"
+    assert handle.run_id == run_id and handle.launcher == launcher.name
+    assert wait_terminal(launcher, handle) == JobState.SUCCEEDED
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_failing_job(launcher, store, tmp_path):
+    uri, cfg = store
+    missing = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, paths=[str(tmp_path / "gone.h5")])
+    )
+    run_id = tracking.create_config_run(missing, uri, {"kind": "fit"})
+    handle = launcher.submit(run_id, uri, threads=1)
+    assert wait_terminal(launcher, handle) == JobState.FAILED
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "gone.h5" in run.data.tags["lfads.error"]
+
+
+def test_cancel_a_running_job(launcher, store):
+    """A member job told to hang (test fault) runs until cancelled."""
+    uri, cfg = store
+    tags = {
+        "kind": "pbt_member",
+        "member": "0",
+        "generation": "0",
+        "attempt": "0",
+        "state": "queued",
+        "hparams": "{}",
+        "target_epoch": "1",
+        "test_fault": "hang",
+    }
+    run_id = tracking.create_config_run(cfg, uri, tags)
+    handle = launcher.submit(run_id, uri, threads=1)
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 60
+    while "lfads.heartbeat" not in client.get_run(run_id).data.tags:  # the job really started
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert launcher.poll(handle) == JobState.RUNNING
+    launcher.cancel(handle)
+    assert wait_terminal(launcher, handle, timeout=30) in (JobState.CANCELLED, JobState.FAILED)
+    launcher.cancel(handle)  # cancelling an ended job is a no-op
