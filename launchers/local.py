@@ -187,6 +187,15 @@ class LocalLauncher(Launcher):
                 self._slots.pop(pid)
             elif slot.current is None and slot.threads == threads:
                 return slot
+        return self._spawn_slot(threads)
+
+    def prestart(self, jobs: int, threads: int | None = None) -> None:
+        """Start warm slots before the first jobs, so their imports overlap the caller's setup."""
+        if self.warm:
+            while len(self._slots) < jobs:
+                self._spawn_slot(threads)
+
+    def _spawn_slot(self, threads: int | None) -> _Slot:
         log = self._log_file(f"warm-{len(self._slots)}-{os.getpid()}")
         proc = subprocess.Popen(
             [self.python, "-m", "lfads_lightning", "serve"],

@@ -93,7 +93,11 @@ def burn_in_epochs(cfg: LfadsConfig) -> int:
 
 
 def make_trainer(
-    cfg: LfadsConfig, run_dir: Path, callbacks: list[Any], max_epochs: int | None = None
+    cfg: LfadsConfig,
+    run_dir: Path,
+    callbacks: list[Any],
+    max_epochs: int | None = None,
+    resuming: bool = False,
 ) -> Any:
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -120,7 +124,8 @@ def make_trainer(
         enable_progress_bar=cfg.train.progress_bar,
         enable_model_summary=False,
         default_root_dir=str(run_dir),
-        num_sanity_val_steps=1,
+        # A member resumes a checkpoint that already ran validation: no sanity pass needed.
+        num_sanity_val_steps=0 if resuming else 1,
         log_every_n_steps=1,
         plugins=plugins or None,
     )

@@ -143,6 +143,7 @@ class Controller:
 
     def run(self) -> str:
         """Drive the population to the end; returns the best member's run id."""
+        self.launcher.prestart(self.concurrency, self.threads)
         while True:
             members = load_members(self.client, self.parent)
             generation = max((m.generation for m in members), default=-1)

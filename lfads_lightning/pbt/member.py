@@ -105,8 +105,10 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     callbacks = [ApplyHyperparameters(hparams), MlflowEpochLogger(uri, run_id), heartbeat]
     # Everything a member keeps goes to MLflow; its local files live only as long as the job.
     with tempfile.TemporaryDirectory(prefix="lfads-member-") as work:
-        trainer = make_trainer(cfg, Path(work), callbacks, max_epochs=target_epoch)
         source = tags.get(P + "copied_from")
+        trainer = make_trainer(
+            cfg, Path(work), callbacks, max_epochs=target_epoch, resuming=bool(source)
+        )
         ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, work) if source else None
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if trainer.interrupted:
