@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,6 +9,8 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+
+from .helpers import TINY_MODEL, lfads
 
 TINY_DATA = [
     "n_conditions=4",
@@ -23,34 +22,12 @@ TINY_DATA = [
 ]
 TINY_CONFIG = {
     "data": {"paths": ["tiny.h5"], "synth": None, "batch_size": 8},
-    "model": {
-        "ic_enc_dim": 8,
-        "ci_enc_dim": 6,
-        "con_dim": 6,
-        "co_dim": 2,
-        "ic_dim": 4,
-        "gen_dim": 12,
-        "fac_dim": 3,
-    },
+    "model": TINY_MODEL,
     "loss": {"kl_increase_epoch": 2, "l2_increase_epoch": 2},
     "train": {"max_epochs": 3, "progress_bar": False},
     "output": {"n_samples": 3},
     "tracking": {"experiment": "e2e"},
 }
-
-
-def lfads(
-    *args: str, cwd: Path, env: dict | None = None, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "lfads_lightning", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

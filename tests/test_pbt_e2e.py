@@ -8,10 +8,7 @@ is really SIGKILLed; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,21 +16,15 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from .helpers import TINY_MODEL, lfads
+
 TINY_DATA = ["n_conditions=4", "trials_per_condition=5", "n_steps=16", "n_neurons=8"]
 
 
 def pbt_config(population: int = 4, generations: int = 3, **pbt) -> dict:
     return {
         "data": {"paths": ["tiny.h5"], "synth": None, "batch_size": 8},
-        "model": {
-            "ic_enc_dim": 8,
-            "ci_enc_dim": 6,
-            "con_dim": 6,
-            "co_dim": 2,
-            "ic_dim": 4,
-            "gen_dim": 12,
-            "fac_dim": 3,
-        },
+        "model": TINY_MODEL,
         "loss": {"kl_increase_epoch": 1, "l2_increase_epoch": 1},
         "output": {"n_samples": 2, "figures": False},
         "tracking": {"experiment": "pbt"},
@@ -48,19 +39,6 @@ def pbt_config(population: int = 4, generations: int = 3, **pbt) -> dict:
             **pbt,
         },
     }
-
-
-def lfads(
-    *args: str, cwd: Path, env: dict | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lfads_lightning", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
