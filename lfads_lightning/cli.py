@@ -49,22 +49,32 @@ def prepare_data(cfg: Any) -> list[Any]:
     return [load_session(path, cfg.model.recon) for path in cfg.data.paths]
 
 
+def prepare_run(cfg: Any, tracking_uri: str | None, launcher_name: str) -> tuple[Any, str]:
+    """Everything that can fail on bad input, checked before any MLflow run exists: paths,
+    launcher, data files, tracking store. Returns the resolved config and tracking URI."""
+    from launchers import get_launcher
+
+    from . import tracking
+
+    cfg = resolve_paths(cfg)
+    if tracking_uri:
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
+    get_launcher(launcher_name)
+    prepare_data(cfg)
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check_store(uri)
+    return cfg, uri
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
+    from launchers import JobState, get_launcher
+
     from . import tracking
     from .config import load_config
 
     config_path, overrides = _split_config_and_overrides(args.items)
-    cfg = resolve_paths(load_config(config_path, overrides))
-    if args.tracking_uri:
-        cfg = dataclasses.replace(
-            cfg, tracking=dataclasses.replace(cfg.tracking, uri=args.tracking_uri)
-        )
-    from launchers import JobState, get_launcher
-
+    cfg, uri = prepare_run(load_config(config_path, overrides), args.tracking_uri, args.launcher)
     launcher = get_launcher(args.launcher)
-    prepare_data(cfg)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
-    tracking.check_store(uri)
     run_id = tracking.create_config_run(cfg, uri, {"kind": "fit", "launcher": args.launcher})
     print(
         f"lfads: run {run_id} (experiment '{cfg.tracking.experiment}', tracking {uri}) on launcher '{args.launcher}'",
@@ -134,16 +144,8 @@ def cmd_pbt(args: argparse.Namespace) -> int:
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     base, pbt = load_pbt_config(config_path, overrides)
-    base = resolve_paths(base)
-    if args.tracking_uri:
-        base = dataclasses.replace(
-            base, tracking=dataclasses.replace(base.tracking, uri=args.tracking_uri)
-        )
     launcher_name = args.launcher or "local"
-    get_launcher(launcher_name)
-    prepare_data(base)
-    uri = tracking.resolve_uri(base.tracking.uri)
-    tracking.check_store(uri)
+    base, uri = prepare_run(base, args.tracking_uri, launcher_name)
     run_pbt(
         base,
         pbt,
