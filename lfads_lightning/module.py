@@ -169,35 +169,32 @@ class LfadsModule(L.LightningModule):
             terms["recon_sv"] = (nll * held).sum() / held.sum().clamp_min(1.0)
         return terms, out
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        terms, _ = self._step(batch, training=True)
-        bs = batch.encod_data.shape[0]
-        for name, value in terms.items():
+    def _log_epoch_means(self, values: dict[str, Any], batch_size: int, shown: str = "") -> None:
+        """Batch-size-weighted epoch means; `shown` also goes on the progress bar."""
+        for name, value in values.items():
             self.log(
-                f"train/{name}",
+                name,
                 value,
                 on_step=False,
                 on_epoch=True,
-                batch_size=bs,
-                prog_bar=name == "loss",
+                batch_size=batch_size,
+                prog_bar=name == shown,
             )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        terms, _ = self._step(batch, training=True)
         ramp_kl, ramp_l2 = self.ramps()
-        self.log("ramp/kl", ramp_kl, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("ramp/l2", ramp_l2, on_step=False, on_epoch=True, batch_size=bs)
+        values = {f"train/{name}": value for name, value in terms.items()}
+        values.update({"ramp/kl": ramp_kl, "ramp/l2": ramp_l2})
+        self._log_epoch_means(values, batch.encod_data.shape[0], shown="train/loss")
         return terms["loss"]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         terms, out = self._step(batch, training=False)
         bs = batch.encod_data.shape[0]
-        for name, value in terms.items():
-            self.log(
-                f"valid/{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=bs,
-                prog_bar=name == "recon",
-            )
+        self._log_epoch_means(
+            {f"valid/{name}": value for name, value in terms.items()}, bs, shown="valid/recon"
+        )
         self._valid_outputs.append(
             {
                 "session": batch.session.detach().cpu(),
