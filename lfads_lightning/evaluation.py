@@ -13,6 +13,32 @@ from . import metrics
 from .h5data import SessionData
 
 
+def rate_metrics(
+    rates: np.ndarray,
+    spikes: np.ndarray | None,
+    truth: np.ndarray | None,
+    t_enc: int,
+    c_enc: int,
+    poisson: bool = True,
+) -> dict[str, float]:
+    """bps (held-in, observed window), co-bps (held-out), fp-bps (forward bins) and rate R2.
+
+    Bits per spike need spike counts (Poisson data); NaN entries of `spikes` are unknown.
+    """
+    result: dict[str, float] = {}
+    if truth is not None:
+        result["rate_r2"] = metrics.rate_r2(truth, rates)
+    if spikes is None or not poisson:
+        return result
+    result["bps"] = metrics.bits_per_spike(rates[:, :t_enc, :c_enc], spikes[:, :t_enc, :c_enc])
+    if spikes.shape[2] > c_enc:
+        result["co_bps"] = metrics.co_bps(rates[:, :t_enc, c_enc:], spikes[:, :t_enc, c_enc:])
+    forward = spikes[:, t_enc:]
+    if forward.shape[1] > 0 and not np.isnan(forward).all():
+        result["fp_bps"] = metrics.fp_bps(rates[:, t_enc:], forward)
+    return result
+
+
 def posterior_metrics(
     session: SessionData, outputs: dict[str, dict[str, np.ndarray]], recon: str = "poisson"
 ) -> dict[str, float]:
@@ -20,22 +46,10 @@ def posterior_metrics(
     result: dict[str, float] = {}
     for split, out in outputs.items():
         data = session.splits[split]
-        rates = out["rates"]
-        if data.truth is not None:
-            result[f"{split}_rate_r2"] = metrics.rate_r2(data.truth, rates)
-        spikes = data.recon_data
-        if spikes is None or recon != "poisson":
-            continue
-        result[f"{split}_bps"] = metrics.bits_per_spike(
-            rates[:, :t_enc, :c_enc], spikes[:, :t_enc, :c_enc]
+        values = rate_metrics(
+            out["rates"], data.recon_data, data.truth, t_enc, c_enc, recon == "poisson"
         )
-        if spikes.shape[2] > c_enc:
-            result[f"{split}_co_bps"] = metrics.co_bps(
-                rates[:, :t_enc, c_enc:], spikes[:, :t_enc, c_enc:]
-            )
-        forward = spikes[:, t_enc:]
-        if forward.shape[1] > 0 and not np.isnan(forward).all():
-            result[f"{split}_fp_bps"] = metrics.fp_bps(rates[:, t_enc:], forward)
+        result.update({f"{split}_{name}": value for name, value in values.items()})
     train, valid = session.splits.get("train"), session.splits.get("valid")
     has_behavior = all(x is not None and x.behavior is not None for x in (train, valid))
     if has_behavior and "train" in outputs and "valid" in outputs:

@@ -226,29 +226,21 @@ class LfadsModule(L.LightningModule):
 
     def _epoch_metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, float]:
         """Bits per spike (held-in), co-bps, fp-bps and rate R2 on the validation trials."""
-        from . import metrics
+        from .evaluation import rate_metrics
 
         per_session: dict[int, list[dict[str, Tensor]]] = {}
         for o in outputs:
             per_session.setdefault(int(o["session"]), []).append(o)
         collected: dict[str, list[float]] = {}
-        t_enc = self.lfads.encod_seq_len
         for session, items in per_session.items():
-            rates = torch.cat([o["rates"] for o in items]).numpy()
-            spikes = torch.cat([o["recon"] for o in items]).numpy()
             truth = torch.cat([o["truth"] for o in items]).numpy()
-            c_enc = self.encod_dims[session]
-            values = {
-                "bps": metrics.bits_per_spike(rates[:, :t_enc, :c_enc], spikes[:, :t_enc, :c_enc])
-            }
-            if spikes.shape[2] > c_enc:
-                values["co_bps"] = metrics.co_bps(
-                    rates[:, :t_enc, c_enc:], spikes[:, :t_enc, c_enc:]
-                )
-            if spikes.shape[1] > t_enc:
-                values["fp_bps"] = metrics.fp_bps(rates[:, t_enc:], spikes[:, t_enc:])
-            if truth.size:
-                values["rate_r2"] = metrics.rate_r2(truth, rates)
+            values = rate_metrics(
+                torch.cat([o["rates"] for o in items]).numpy(),
+                torch.cat([o["recon"] for o in items]).numpy(),
+                truth if truth.size else None,
+                self.lfads.encod_seq_len,
+                self.encod_dims[session],
+            )
             for k, v in values.items():
                 if np.isfinite(v):
                     collected.setdefault(k, []).append(v)
