@@ -53,7 +53,6 @@ class _Slot:
 
     proc: subprocess.Popen
     threads: int | None
-    log: IO[bytes] | None
     current: str | None = None
     done: dict[str, int] = field(default_factory=dict)
     lines: queue.Queue = field(default_factory=queue.Queue)
@@ -207,7 +206,7 @@ class LocalLauncher(Launcher):
         )
         if log is not None:
             log.close()
-        slot = _Slot(proc, threads, None)
+        slot = _Slot(proc, threads)
         slot.start_reader()
         self._slots[proc.pid] = slot
         return slot

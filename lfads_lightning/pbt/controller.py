@@ -263,9 +263,9 @@ class Controller:
             m.job.get("launcher", self.launcher.name), str(m.job.get("job_id", "")), m.run_id, info
         )
 
-    def _check(self, m: MemberRun) -> str | None:
-        """None while running; FINISHED; or a failure reason."""
-        run = self.client.get_run(m.run_id)
+    @staticmethod
+    def _closed_outcome(run: Any) -> str | None:
+        """FINISHED or a failure reason for a closed run; None while it is RUNNING."""
         status = run.info.status
         if status == "FINISHED":
             fitness = run.data.metrics.get("pbt/fitness")
@@ -274,31 +274,27 @@ class Controller:
             return FINISHED
         if status in ("FAILED", "KILLED"):
             return run.data.tags.get(P + "error", f"run {status}")
+        return None
+
+    def _check(self, m: MemberRun) -> str | None:
+        """None while running; FINISHED; or a failure reason."""
+        run = self.client.get_run(m.run_id)
+        outcome = self._closed_outcome(run)
+        if outcome is not None:
+            return outcome
         if not m.job.get("job_id"):
             return "no job handle recorded"
         job_state = self.launcher.poll(self._handle(m))
         if job_state.terminal or job_state.value == "unknown":
             time.sleep(0.5)  # the worker may be closing its run right now
-            if self.client.get_run(m.run_id).info.status == "RUNNING":
-                return f"job ended ({job_state.value}) without closing its run"
-            return self._check_closed(m)
+            outcome = self._closed_outcome(self.client.get_run(m.run_id))
+            return outcome or f"job ended ({job_state.value}) without closing its run"
         beat = run.data.tags.get(P + "heartbeat")
         last = float(beat) if beat else float(m.job.get("submitted_at", time.time()))
         if time.time() - last > self.pbt.heartbeat_timeout:
             self.launcher.cancel(self._handle(m))
             return f"no heartbeat for {self.pbt.heartbeat_timeout:.0f} s (hung)"
         return None
-
-    def _check_closed(self, m: MemberRun) -> str:
-        run = self.client.get_run(m.run_id)
-        if run.info.status == "FINISHED":
-            fitness = run.data.metrics.get("pbt/fitness")
-            return (
-                FINISHED
-                if fitness is not None and math.isfinite(fitness)
-                else "finished without a finite fitness"
-            )
-        return run.data.tags.get(P + "error", f"run {run.info.status}")
 
     def _fail(self, m: MemberRun, reason: str) -> MemberRun | None:
         """Close the failed attempt; queue a retry if attempts remain."""
