@@ -29,6 +29,9 @@ TORCH = "torch==2.13.0"
 EXTRAS = "dev"
 INSTALL_RECIPE = f"{TORCH};-e .[{EXTRAS}];compileall;v1"
 
+# Tests that need a cluster, a browser or extra packages run in their own sessions.
+DEFAULT_MARKERS = "not slow and not slurm and not k8s and not nlb_tools and not browser"
+
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["tests", "lint"]
 
@@ -95,11 +98,19 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Fast test suite (everything not marked slow)."""
+    """Fast test suite (no slow, cluster, browser or nlb-tools tests)."""
     _install(session)
     session.chdir(ROOT)
     session.run(
-        PYTHON, "-m", "pytest", "-m", "not slow", "-x", "-q", "--durations=15", *session.posargs
+        PYTHON,
+        "-m",
+        "pytest",
+        "-m",
+        DEFAULT_MARKERS,
+        "-x",
+        "-q",
+        "--durations=15",
+        *session.posargs,
     )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import importlib
+import inspect
+import os
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -54,11 +56,37 @@ def worker_command(run_id: str, tracking_uri: str, python: str | None = None) ->
 
 
 class Launcher(ABC):
+    """One backend. Options come from the config section named after the launcher (`slurm:`,
+    `kubernetes:`, ...) as keyword arguments; a backend validates them itself."""
+
     name: str = ""
 
     @abstractmethod
     def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
         """Start the worker for `run_id`; return at once."""
+
+    def submit_many(
+        self, run_ids: list[str], tracking_uri: str, threads: int | None = None
+    ) -> list[JobHandle]:
+        """Start several workers at once (one handle per run, same order). Backends with a
+        batch primitive (a SLURM job array) override this; the default submits one by one."""
+        return [self.submit(run_id, tracking_uri, threads=threads) for run_id in run_ids]
+
+    def default_concurrency(self, population: int) -> int:
+        """How many member jobs run at once when the PBT config does not say: on this machine,
+        one per core. Cluster backends return `population` (the scheduler queues the rest)."""
+        return max(1, min(population, os.cpu_count() or 1))
+
+    def default_threads(self, concurrency: int) -> int:
+        """torch/OMP threads per job when the config does not say: this machine's cores shared
+        among concurrent jobs. Cluster backends return the cores their job requests."""
+        return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+
+    def prestart(self, jobs: int, threads: int | None = None) -> None:  # noqa: B027
+        """Get ready for `jobs` concurrent jobs before the first submit (warm workers); no-op."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release what the launcher holds (idle workers, API clients); running jobs go on."""
 
     @abstractmethod
     def poll(self, handle: JobHandle) -> JobState:
@@ -102,4 +130,14 @@ def get_launcher(name: str, **options: Any) -> Launcher:
         raise ConfigError(
             f"launcher {name!r} needs the package {err.name!r}; install it or use --launcher local"
         ) from None
-    return getattr(module, cls_name)(**options)
+    cls = getattr(module, cls_name)
+    try:
+        return cls(**options)
+    except TypeError as err:  # an option the backend's constructor does not take
+        if "unexpected keyword argument" not in str(err):
+            raise
+        bad = str(err).rsplit(" ", 1)[-1].strip("'")
+        valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "log_dir")]
+        raise ConfigError(
+            f"unknown option '{name}.{bad}' for launcher {name!r}; valid options: {', '.join(valid)}"
+        ) from None

@@ -49,9 +49,15 @@ def prepare_data(cfg: Any) -> list[Any]:
     return [load_session(path, cfg.model.recon) for path in cfg.data.paths]
 
 
-def prepare_run(cfg: Any, tracking_uri: str | None, launcher_name: str) -> tuple[Any, str]:
+def prepare_run(
+    cfg: Any,
+    tracking_uri: str | None,
+    launcher_name: str,
+    launcher_options: dict[str, Any] | None = None,
+) -> tuple[Any, str]:
     """Everything that can fail on bad input, checked before any MLflow run exists: paths,
-    launcher, data files, tracking store. Returns the resolved config and tracking URI."""
+    launcher and its options, data files, tracking store. Returns the resolved config and
+    tracking URI."""
     from launchers import get_launcher
 
     from . import tracking
@@ -59,7 +65,7 @@ def prepare_run(cfg: Any, tracking_uri: str | None, launcher_name: str) -> tuple
     cfg = resolve_paths(cfg)
     if tracking_uri:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
-    get_launcher(launcher_name)
+    get_launcher(launcher_name, **(launcher_options or {})).close()
     prepare_data(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tracking.check_store(uri)
@@ -70,11 +76,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from launchers import JobState, get_launcher
 
     from . import tracking
-    from .config import load_config
+    from .config import load_config, load_launcher_sections
 
     config_path, overrides = _split_config_and_overrides(args.items)
-    cfg, uri = prepare_run(load_config(config_path, overrides), args.tracking_uri, args.launcher)
-    launcher = get_launcher(args.launcher)
+    options = load_launcher_sections(config_path, overrides).get(args.launcher, {})
+    cfg = load_config(config_path, overrides)
+    cfg, uri = prepare_run(cfg, args.tracking_uri, args.launcher, options)
+    launcher = get_launcher(args.launcher, **options)
     run_id = tracking.create_config_run(cfg, uri, {"kind": "fit", "launcher": args.launcher})
     print(
         f"lfads: run {run_id} (experiment '{cfg.tracking.experiment}', tracking {uri}) on launcher '{args.launcher}'",
@@ -117,6 +125,7 @@ def cmd_pbt(args: argparse.Namespace) -> int:
         return 0
     from launchers import get_launcher
 
+    from .config import load_launcher_sections
     from .pbt.config import load_pbt_config
     from .pbt.run import load_parent, run_pbt
 
@@ -125,8 +134,10 @@ def cmd_pbt(args: argparse.Namespace) -> int:
             raise ConfigError("--resume takes no config or overrides: the run's own config is used")
         uri = tracking.resolve_uri(args.tracking_uri)
         tracking.check_store(uri)
-        base, pbt, launcher_name, search = load_parent(tracking.client(uri), args.resume)
-        get_launcher(args.launcher or launcher_name)
+        base, pbt, launcher_name, search, sections = load_parent(tracking.client(uri), args.resume)
+        get_launcher(
+            args.launcher or launcher_name, **sections.get(args.launcher or launcher_name, {})
+        ).close()
         prepare_data(base)
         n_trials = (
             int(tracking.client(uri).get_run(args.resume).data.params.get("search.n_trials", 0))
@@ -140,12 +151,14 @@ def cmd_pbt(args: argparse.Namespace) -> int:
             parent=args.resume,
             search=search,
             n_trials=n_trials,
+            launcher_options=sections,
         )
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     base, pbt = load_pbt_config(config_path, overrides)
+    sections = load_launcher_sections(config_path, overrides)
     launcher_name = args.launcher or "local"
-    base, uri = prepare_run(base, args.tracking_uri, launcher_name)
+    base, uri = prepare_run(base, args.tracking_uri, launcher_name, sections.get(launcher_name))
     run_pbt(
         base,
         pbt,
@@ -153,6 +166,7 @@ def cmd_pbt(args: argparse.Namespace) -> int:
         launcher_name,
         search=getattr(args, "sampler", None),
         n_trials=getattr(args, "trials", None),
+        launcher_options=sections,
     )
     return 0
 

@@ -327,11 +327,39 @@ def validate(cfg: LfadsConfig) -> LfadsConfig:
     return cfg
 
 
+# Sections a config file may carry for the launchers; each backend validates its own section.
+LAUNCHER_SECTIONS = ("local", "slurm", "kubernetes")
+
+
+def pop_launcher_sections(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Remove the launcher sections from a raw config and return them ({name: options})."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name in LAUNCHER_SECTIONS:
+        value = raw.pop(name, None)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"config section '{name}' must be a mapping of launcher options, got {value!r}"
+            )
+        sections[name] = value
+    return sections
+
+
+def load_launcher_sections(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The launcher sections of a config file after overrides (e.g. `slurm.partition=gpu`)."""
+    raw = read_yaml(path) if path is not None else {}
+    return pop_launcher_sections(apply_overrides(raw, overrides or []))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LfadsConfig:
     """Defaults < YAML file < overrides; validated."""
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     raw.pop("pbt", None)  # a PBT config file also works for a single fit (`lfads pbt` reads it)
+    pop_launcher_sections(raw)  # read by the launcher (load_launcher_sections)
     return validate(from_dict(LfadsConfig, raw))
 
 

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import LfadsConfig, apply_overrides, from_dict, read_yaml, validate
+from ..config import (
+    LfadsConfig,
+    apply_overrides,
+    from_dict,
+    pop_launcher_sections,
+    read_yaml,
+    validate,
+)
 from ..errors import ConfigError
 from .space import HyperParameter
 
@@ -119,6 +126,7 @@ def load_pbt_config(
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     pbt_raw = raw.pop("pbt", None) or {}
+    pop_launcher_sections(raw)  # read by the launcher (load_launcher_sections)
     base = validate(from_dict(LfadsConfig, raw))
     pbt = validate_pbt(from_dict(PbtConfig, pbt_raw, "pbt."), base)
     return base, pbt

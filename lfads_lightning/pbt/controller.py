@@ -220,9 +220,13 @@ class Controller:
             f"generation {generation}: {n_done}/{len(latest)} done, {len(pending)} to run (target epoch {target_epoch(self.pbt, generation)})"
         )
         while pending or running:
-            while pending and len(running) < self.concurrency:
-                m = pending.popleft()
-                running[m.member] = self._submit(m)
+            batch = []
+            while pending and len(running) + len(batch) < self.concurrency:
+                batch.append(pending.popleft())
+            if batch:
+                # One call per batch: the SLURM launcher sends a batch as one job array.
+                for m in self._submit(batch):
+                    running[m.member] = m
                 _test_kill_point("after_submit", generation)
             for member_id, m in list(running.items()):
                 outcome = self._check(m)
@@ -243,17 +247,22 @@ class Controller:
             if pending or running:
                 time.sleep(self.poll_interval)
 
-    def _submit(self, m: MemberRun) -> MemberRun:
-        handle = self.launcher.submit(m.run_id, self.uri, threads=self.threads)
-        job = {
-            "launcher": handle.launcher,
-            "job_id": handle.job_id,
-            "submitted_at": time.time(),
-            **handle.info,
-        }
-        self.client.set_tag(m.run_id, P + "job", json.dumps(job))
-        set_state(self.client, m.run_id, RUNNING)
-        return dataclasses.replace(m, state=RUNNING, job=job)
+    def _submit(self, members: list[MemberRun]) -> list[MemberRun]:
+        handles = self.launcher.submit_many(
+            [m.run_id for m in members], self.uri, threads=self.threads
+        )
+        submitted = []
+        for m, handle in zip(members, handles, strict=True):
+            job = {
+                "launcher": handle.launcher,
+                "job_id": handle.job_id,
+                "submitted_at": time.time(),
+                **handle.info,
+            }
+            self.client.set_tag(m.run_id, P + "job", json.dumps(job))
+            set_state(self.client, m.run_id, RUNNING)
+            submitted.append(dataclasses.replace(m, state=RUNNING, job=job))
+        return submitted
 
     def _handle(self, m: MemberRun) -> Any:
         from launchers import JobHandle

@@ -20,6 +20,8 @@ from .config import PbtConfig, validate_pbt
 from .controller import PBT_ARTIFACT, Controller, write_pbt_artifacts
 from .state import load_members
 
+LAUNCHER_ARTIFACT = "launcher.yaml"  # the config's launcher sections ({name: options})
+
 
 def config_hash(base: LfadsConfig, pbt: PbtConfig) -> str:
     text = dump_yaml(base) + yaml.safe_dump(dataclasses.asdict(pbt), sort_keys=True)
@@ -51,6 +53,7 @@ def create_parent(
     digest: str,
     search: str | None = None,
     n_trials: int | None = None,
+    launcher_options: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     params = {f"pbt.{k}": v for k, v in flatten(dataclasses.asdict(pbt)).items() if k != "space"}
     params["pbt.space"] = json.dumps([dataclasses.asdict(hp) for hp in pbt.space])
@@ -68,12 +71,18 @@ def create_parent(
         },
         extra_params=params,
     )
-    write_pbt_artifacts(tracking.client(uri), run_id, base, pbt)
+    client = tracking.client(uri)
+    write_pbt_artifacts(client, run_id, base, pbt)
+    # A resumed run must reach the same cluster with the same job settings.
+    client.log_text(run_id, yaml.safe_dump(launcher_options or {}), LAUNCHER_ARTIFACT)
     return run_id
 
 
-def load_parent(client: Any, parent: str) -> tuple[LfadsConfig, PbtConfig, str, str | None]:
-    """(base config, pbt config, launcher name, search sampler or None) of a parent run."""
+def load_parent(
+    client: Any, parent: str
+) -> tuple[LfadsConfig, PbtConfig, str, str | None, dict[str, dict[str, Any]]]:
+    """(base config, pbt config, launcher name, search sampler or None, launcher sections) of a
+    parent run."""
     try:
         run = client.get_run(parent)
     except Exception:  # noqa: BLE001
@@ -91,12 +100,19 @@ def load_parent(client: Any, parent: str) -> tuple[LfadsConfig, PbtConfig, str, 
         pbt_raw = yaml.safe_load(
             Path(client.download_artifacts(parent, PBT_ARTIFACT, tmp)).read_text()
         )
+        try:
+            launcher_raw = yaml.safe_load(
+                Path(client.download_artifacts(parent, LAUNCHER_ARTIFACT, tmp)).read_text()
+            )
+        except Exception:  # noqa: BLE001  (runs made before launcher sections existed)
+            launcher_raw = None
     base = config_from_dict(base_raw)
     return (
         base,
         validate_pbt(from_dict(PbtConfig, pbt_raw, "pbt."), base),
         run.data.tags.get("lfads.launcher", "local"),
         run.data.tags.get("lfads.search"),
+        launcher_raw or {},
     )
 
 
@@ -109,6 +125,7 @@ def run_pbt(
     poll_interval: float = 1.0,
     search: str | None = None,
     n_trials: int | None = None,
+    launcher_options: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """Run (or resume) PBT, or with `search` an Optuna search, to the end; returns the parent id."""
     from launchers import get_launcher
@@ -120,21 +137,22 @@ def run_pbt(
         if parent:
             print(f"lfads pbt: resuming unfinished PBT run {parent} (same config)", file=sys.stderr)
         else:
-            parent = create_parent(base, pbt, uri, launcher_name, digest, search, n_trials)
+            parent = create_parent(
+                base, pbt, uri, launcher_name, digest, search, n_trials, launcher_options
+            )
             print(
                 f"lfads pbt: new PBT run {parent} (experiment '{base.tracking.experiment}', tracking {uri})",
                 file=sys.stderr,
             )
     log_dir = Path(base.output.dir) / parent / "logs"
+    options = dict((launcher_options or {}).get(launcher_name) or {})
     if launcher_name == "local":
         # Warm workers: a member job would otherwise pay interpreter start + imports each time.
-        warm = os.environ.get("LFADS_LOCAL_WARM", "1") != "0"
-        launcher = get_launcher(launcher_name, log_dir=log_dir, warm=warm)
-    else:
-        launcher = get_launcher(launcher_name)
-    cores = os.cpu_count() or 1
-    concurrency = pbt.concurrency or min(pbt.population, cores)
-    threads = base.train.threads or max(1, cores // concurrency)
+        options.setdefault("warm", os.environ.get("LFADS_LOCAL_WARM", "1") != "0")
+    options.setdefault("log_dir", log_dir)
+    launcher = get_launcher(launcher_name, **options)
+    concurrency = pbt.concurrency or launcher.default_concurrency(pbt.population)
+    threads = base.train.threads or launcher.default_threads(concurrency)
     args = (uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
     if search:
         from .search import SearchController
@@ -214,7 +232,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
 def status(client: Any, parent: str, generations: str = "latest") -> str:
     from . import report
 
-    base, pbt, _, _ = load_parent(client, parent)
+    base, pbt, *_ = load_parent(client, parent)
     run = client.get_run(parent)
     members = load_members(client, parent)
     head = (

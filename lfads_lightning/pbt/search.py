@@ -89,7 +89,7 @@ class SearchController(Controller):
                         run_id, next_trial, 0, 0, QUEUED, "RUNNING", None, None, None, hparams
                     )
                     next_trial += 1
-                running[m.member] = self._submit(m)
+                (running[m.member],) = self._submit([m])
             for i, m in list(running.items()):
                 outcome = self._check(m)
                 if outcome is None:
