@@ -294,7 +294,7 @@ def job_manifest(
         "backoffLimit": o.backoff_limit,
         "completions": 1,
         "parallelism": 1,
-        "template": {"metadata": {"labels": labels}, "spec": pod},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if o.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = o.active_deadline_seconds
