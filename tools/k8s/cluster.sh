@@ -23,7 +23,10 @@ PARTS=(fake-kubelet kube-scheduler kube-controller-manager kube-apiserver etcd)
 say() { echo "[k8s-cluster] $*"; }
 alive() { [ -s "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 token() { cat "$RUN/token"; }
-api() { curl -sk --max-time 5 -H "Authorization: Bearer $(token)" "https://127.0.0.1:$PORT$1"; }
+# Not as "curl": the API server pretty-prints for curl's user agent, and that encoder (vendored
+# json-iterator + reflect2 1.0.1) crashes the 1.20 server when built with Go >= 1.18 (bookworm
+# has 1.19). Clients asking for compact JSON (kubernetes Python client, this) are not affected.
+api() { curl -sk --max-time 5 -A lfads-cluster-sh -H "Authorization: Bearer $(token)" "https://127.0.0.1:$PORT$1"; }
 launch() {  # name, command...: in its own session, output to RUN/name.log, pid to RUN/name.pid
   local name=$1; shift
   if alive "$name"; then return 0; fi
@@ -31,7 +34,7 @@ launch() {  # name, command...: in its own session, output to RUN/name.log, pid 
   setsid "$@" >"$RUN/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN/$name.pid"
 }
-node_ready() { api "/api/v1/nodes/$NODE" | grep -q '"reason": "KubeletReady"'; }
+node_ready() { api "/api/v1/nodes/$NODE" | grep -q '"reason":"KubeletReady"'; }
 
 stop() {
   for p in "${PARTS[@]}"; do
@@ -41,6 +44,8 @@ stop() {
     fi
     rm -f "$RUN/$p.pid"
   done
+  sleep 0.5
+  rm -rf "$RUN/etcd"  # the next start begins with an empty cluster
   # pods still running as local processes belong to the fake kubelet's sessions: gone with it
 }
 
