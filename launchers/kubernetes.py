@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ class KubernetesLauncher(Launcher):
         self.ApiException = k8s.client.ApiException
         self._last: dict[str, JobState] = {}  # job id -> last state seen (API hiccups, deletes)
         self._cancelled: set[str] = set()
+        self._live: dict[str, tuple[str, str]] = {}  # submitted, not deleted: job id -> run, uri
         self._check_reachable()
 
     def _check_reachable(self) -> None:
@@ -116,7 +118,14 @@ class KubernetesLauncher(Launcher):
                 ) from None
         job_id = f"{ns}/{name}"
         self._last[job_id] = JobState.PENDING
+        self._live[job_id] = (run_id, tracking_uri)
         return JobHandle(self.name, job_id, run_id, {"namespace": ns, "name": name})
+
+    def submit_many(
+        self, run_ids: list[str], tracking_uri: str, threads: int | None = None
+    ) -> list[JobHandle]:
+        self.sweep()  # each generation's submission also removes the last one's ended Jobs
+        return super().submit_many(run_ids, tracking_uri, threads)
 
     def manifest(self, run_id: str, tracking_uri: str, threads: int | None = None) -> dict:
         """The Job for `run_id`, labelled from the run's tags (PBT run, member, generation)."""
@@ -144,7 +153,35 @@ class KubernetesLauncher(Launcher):
         self._last[job_id] = state
         if state.terminal and self.options.delete_finished:
             self._delete(ns, name)
+            self._live.pop(job_id, None)
         return state
+
+    def sweep(self, wait: float = 0.0) -> None:
+        """Delete the submitted Jobs that have ended. The PBT controller reads a member's outcome
+        from its MLflow run and may never poll its Job again, so the launcher cleans up itself.
+        With `wait`, Jobs whose run is already closed get that long to end (the worker exits
+        right after closing its run); Jobs of open runs are left running (a resumed controller
+        adopts them)."""
+        if not self.options.delete_finished:
+            return
+        from lfads_lightning import tracking
+
+        deadline = time.monotonic() + wait
+        while self._live:
+            waiting = False
+            for job_id, (run_id, uri) in list(self._live.items()):
+                ns, _, name = job_id.partition("/")
+                handle = JobHandle(self.name, job_id, run_id, {"namespace": ns, "name": name})
+                if self.poll(handle).terminal or not wait:
+                    continue
+                try:
+                    closed = tracking.client(uri).get_run(run_id).info.status != "RUNNING"
+                except Exception:
+                    closed = False
+                waiting = waiting or closed
+            if not waiting or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
 
     def _job_state(self, job: Any, ns: str, name: str) -> JobState:
         """Map a Job's status: conditions first, then pod counts; never UNKNOWN."""
@@ -191,6 +228,7 @@ class KubernetesLauncher(Launcher):
                 print(f"lfads: deleting Job {ns}/{name} failed: {err.reason}", file=sys.stderr)
 
     def close(self) -> None:
+        self.sweep(wait=30.0)
         self._api_client.close()
 
 
