@@ -206,3 +206,32 @@ def test_manifests_pass_server_side_dry_run(tmp_path):
     with pytest.raises(ApiException) as err:
         batch.create_namespaced_job("default", manifest, dry_run="All")
     assert err.value.status == 422
+
+
+def test_a_new_launcher_adopts_a_job_from_its_recorded_handle(tmp_path):
+    """After a controller restart only the member's `lfads.job` tag is left: a new launcher
+    polls and cancels the Job from it; closing the first launcher left the running Job alone."""
+    from launchers import JobHandle, JobState, get_launcher
+
+    sleeper = kube_options(command=["/bin/sh", "-c", "sleep 600", "sh"])  # args are ignored
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = get_launcher("kubernetes", **sleeper)
+    handle = first.submit("c" * 32, uri)
+    stored = json.loads(json.dumps({"job_id": handle.job_id, **handle.info}))
+    first.close()
+    second = get_launcher("kubernetes", **sleeper)
+    adopted = JobHandle("kubernetes", stored.pop("job_id"), "c" * 32, stored)
+    deadline = time.monotonic() + 60
+    while (state := second.poll(adopted)) != JobState.RUNNING:
+        assert state == JobState.PENDING and time.monotonic() < deadline
+        time.sleep(0.3)
+    second.cancel(adopted)
+    assert second.poll(adopted) == JobState.CANCELLED
+    recorder_batch, core = apis()
+    selector = "lfads.io/run-id=" + "c" * 32
+    deadline = time.monotonic() + 60
+    while core.list_namespaced_pod("default", label_selector=selector).items:
+        assert time.monotonic() < deadline, "the cancelled Job's pod was not removed"
+        time.sleep(0.5)
+    assert recorder_batch.list_namespaced_job("default", label_selector=selector).items == []
+    second.close()
