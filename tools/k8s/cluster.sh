@@ -56,27 +56,7 @@ start() {
   [ -s "$RUN/token" ] || openssl rand -hex 24 >"$RUN/token"
   [ -s "$RUN/sa.key" ] || openssl genrsa -out "$RUN/sa.key" 2048 2>/dev/null
   echo "$(token),lfads-admin,lfads-admin,system:masters" >"$RUN/tokens.csv"
-  cat >"$RUN/kubeconfig" <<KCFG
-apiVersion: v1
-kind: Config
-clusters:
-- name: lfads-test
-  cluster:
-    server: https://127.0.0.1:$PORT
-    insecure-skip-tls-verify: true
-users:
-- name: lfads-admin
-  user:
-    token: $(token)
-contexts:
-- name: lfads-test
-  context:
-    cluster: lfads-test
-    user: lfads-admin
-    namespace: default
-current-context: lfads-test
-KCFG
-  chmod 600 "$RUN/kubeconfig" "$RUN/tokens.csv" "$RUN/token"
+  chmod 600 "$RUN/tokens.csv" "$RUN/token"
   launch etcd etcd --name lfads-test --data-dir "$RUN/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10))" \
@@ -93,6 +73,28 @@ KCFG
   for _ in $(seq 300); do [ "$(api /readyz)" = ok ] && break; sleep 0.2; done
   [ "$(api /readyz)" = ok ] || { tail -n 20 "$RUN/kube-apiserver.log"; say "API server not ready"; exit 1; }
   say "API server ready after $((SECONDS - t0)) s"
+  # The API server made itself a self-signed serving cert (SAN 127.0.0.1) + CA: trust that.
+  cat >"$RUN/kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: lfads-test
+  cluster:
+    server: https://127.0.0.1:$PORT
+    certificate-authority: $RUN/certs/apiserver.crt
+users:
+- name: lfads-admin
+  user:
+    token: $(token)
+contexts:
+- name: lfads-test
+  context:
+    cluster: lfads-test
+    user: lfads-admin
+    namespace: default
+current-context: lfads-test
+KCFG
+  chmod 600 "$RUN/kubeconfig"
   launch kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$RUN/kubeconfig" \
     --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --port=0 \
     --controllers=job,garbagecollector,ttl-after-finished,namespace \

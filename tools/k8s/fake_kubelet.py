@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import urllib3
 from kubernetes import client, config, watch
 
 # The kubelet's own environment must not leak into pods: they get what their manifest says.
@@ -207,7 +206,6 @@ def main() -> None:
     ap.add_argument("--cpu", default="8")
     ap.add_argument("--memory", default="16Gi")
     args = ap.parse_args()
-    urllib3.disable_warnings()  # the test kubeconfig skips TLS verification on loopback
     config.load_kube_config(config_file=args.kubeconfig)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
