@@ -6,6 +6,8 @@ command + args as a local process (the image is ignored), with the pod's env res
 kubelet does (plain values, Secret keys read from the API, pod fields). It reports the pod's phase
 and exit code, so the real Job controller marks Jobs Complete or Failed. A pod being deleted (its
 Job deleted, Background propagation) has its process group killed, then is removed with grace 0.
+Not emulated: images, resource limits and the securityContext (processes run as this user);
+those are checked by the API server's validation and by the manifest tests instead.
 
 Run: python fake_kubelet.py --kubeconfig PATH --node NAME --log-dir DIR
 """
