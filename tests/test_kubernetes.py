@@ -235,3 +235,34 @@ def test_a_new_launcher_adopts_a_job_from_its_recorded_handle(tmp_path):
         time.sleep(0.5)
     assert recorder_batch.list_namespaced_job("default", label_selector=selector).items == []
     second.close()
+
+
+def test_tracking_credentials_reach_the_pod_only_through_the_secret(tmp_path):
+    """The Job holds a secretKeyRef, never the value; the pod's process gets the value."""
+    import base64
+
+    from launchers import JobState, get_launcher
+
+    batch, core = apis()
+    name = "lfads-test-mlflow-auth"
+    core.delete_collection_namespaced_secret("default", field_selector=f"metadata.name={name}")
+    data = {"username": "alice", "password": "s3cret-value"}
+    core.create_namespaced_secret(
+        "default",
+        {
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        },
+    )
+    check = 'test "$MLFLOW_TRACKING_USERNAME" = alice && test "$MLFLOW_TRACKING_PASSWORD" = s3cret-value'
+    launcher = get_launcher(
+        "kubernetes", **kube_options(command=["/bin/sh", "-c", check, "sh"], tracking_secret=name)
+    )
+    handle = launcher.submit("d" * 32, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    job = batch.read_namespaced_job(handle.info["name"], "default")
+    env = {e.name: e for e in job.spec.template.spec.containers[0].env}
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[var].value is None and env[var].value_from.secret_key_ref.name == name
+    assert launcher.wait(handle, poll_interval=0.3, timeout=60) == JobState.SUCCEEDED
+    launcher.close()
+    core.delete_namespaced_secret(name, "default")
