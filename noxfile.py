@@ -123,6 +123,20 @@ def tests_slow(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_k8s(session: nox.Session) -> None:
+    """`k8s` tests on a real control plane on loopback (tools/k8s/cluster.sh: binaries built
+    once into ~/.cache/lfads-k8s, a fake kubelet runs pods as local processes); stopped after."""
+    _install(session)
+    session.chdir(ROOT)
+    cluster = str(ROOT / "tools" / "k8s" / "cluster.sh")
+    session.run("bash", cluster, "start", env={"PYTHON": PYTHON}, external=True)
+    try:
+        session.run(PYTHON, "-m", "pytest", "-m", "k8s", "-q", "--durations=15", *session.posargs)
+    finally:
+        session.run("bash", cluster, "stop", external=True)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
     _install(session)

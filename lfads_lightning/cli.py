@@ -158,6 +158,13 @@ def cmd_pbt(args: argparse.Namespace) -> int:
     base, pbt = load_pbt_config(config_path, overrides)
     sections = load_launcher_sections(config_path, overrides)
     launcher_name = args.launcher or "local"
+    if getattr(
+        args, "dry_run", False
+    ):  # the Jobs of generation 0, printed; no MLflow run, no Job is created
+        from launchers.k8s_manifest import dry_run_yaml
+
+        print(dry_run_yaml(launcher_name, sections, resolve_paths(base), pbt, args.tracking_uri))
+        return 0
     base, uri = prepare_run(base, args.tracking_uri, launcher_name, sections.get(launcher_name))
     run_pbt(
         base,
@@ -324,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pbt.add_argument(
         "--all", action="store_true", help="with status: every generation, not only the latest"
+    )
+    pbt.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --launcher kubernetes: print generation 0's Job manifests, create nothing",
     )
     pbt.add_argument(
         "items",

@@ -2,8 +2,7 @@
 
 submit returns at once; poll never blocks and ends in a terminal state that matches the job's
 outcome; cancel stops a running job; the MLflow run of a job is never left RUNNING. Real worker
-processes and a real sqlite MLflow store. (SLURM and Kubernetes launchers are not implemented yet;
-they join this parametrisation when they are.)
+processes and a real sqlite MLflow store. Kubernetes runs on the k8s test cluster (marked k8s).
 """
 
 from __future__ import annotations
@@ -19,13 +18,18 @@ from lfads_lightning import tracking
 from lfads_lightning.config import LfadsConfig
 from lfads_lightning.synth import make_dataset
 
+from .k8s_helpers import kube_options
+
 LAUNCHERS = {
     "local-cold": lambda tmp: get_launcher("local", log_dir=tmp / "logs"),
     "local-warm": lambda tmp: get_launcher("local", log_dir=tmp / "logs", warm=True),
+    # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
+    "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options()),
 }
+MARKS = {"kubernetes": [pytest.mark.k8s]}
 
 
-@pytest.fixture(params=sorted(LAUNCHERS))
+@pytest.fixture(params=[pytest.param(n, marks=MARKS.get(n, [])) for n in sorted(LAUNCHERS)])
 def launcher(request, tmp_path):
     instance = LAUNCHERS[request.param](tmp_path)
     yield instance

@@ -1,0 +1,268 @@
+"""`lfads pbt --launcher kubernetes` on a real API server, Job controller and scheduler.
+
+The control plane is real (tools/k8s/cluster.sh); the only stand-in is the fake kubelet, which
+runs each scheduled pod's command as a local process because there is no container runtime here.
+Workers report to a real `mlflow server` over HTTP. Marked `k8s`: run by `python3 dev.py
+tests_k8s`, which starts the cluster; without it these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from launchers.k8s_manifest import job_manifest, parse_options
+
+from .helpers import lfads
+from .k8s_helpers import apis, kube_options
+from .mlflow_server import mlflow_server
+from .test_pbt_e2e import (
+    assert_complete_population,
+    data_dir,  # noqa: F401 - module fixture
+    members_of,
+    parent_of,
+    pbt_config,
+    project,
+)
+
+pytestmark = pytest.mark.k8s
+MANAGED = "app.kubernetes.io/managed-by=lfads-lightning"
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A fresh MLflow server per test: experiment 'pbt' then holds only this test's PBT run."""
+    with mlflow_server(tmp_path / "mlflow-server") as uri:
+        yield uri
+
+
+class JobRecorder:
+    """Every lfads Job created while the test runs (name -> labels), from a watch on the API."""
+
+    def __init__(self) -> None:
+        from kubernetes import watch
+
+        self.batch, self.core = apis()
+        self.jobs: dict[str, dict[str, str]] = {}
+        self.failed_pods: set[str] = set()
+        self._watch = watch.Watch()
+        start = self.batch.list_namespaced_job("default", label_selector=MANAGED)
+        self._rv = start.metadata.resource_version
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        for ev in self._watch.stream(
+            self.batch.list_namespaced_job, "default", label_selector=MANAGED,
+            resource_version=self._rv, timeout_seconds=900,
+        ):  # fmt: skip
+            job = ev["object"]
+            self.jobs.setdefault(job.metadata.name, dict(job.metadata.labels or {}))
+            if job.status.failed:
+                self.failed_pods.add(job.metadata.name)
+
+    def remaining(self, selector: str) -> tuple[list[str], list[str]]:
+        jobs = self.batch.list_namespaced_job("default", label_selector=selector).items
+        pods = self.core.list_namespaced_pod("default", label_selector=selector).items
+        return [j.metadata.name for j in jobs], [p.metadata.name for p in pods]
+
+    def wait_cleaned(self, selector: str, timeout: float = 60) -> tuple[list[str], list[str]]:
+        deadline = time.monotonic() + timeout
+        while (left := self.remaining(selector)) != ([], []) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
+
+
+def write_config(root: Path, config: dict, **k8s) -> None:
+    config["kubernetes"] = kube_options(**k8s)
+    (root / "pbt.yaml").write_text(yaml.safe_dump(config))
+
+
+def assert_every_member_was_a_job(uri: str, recorder: JobRecorder) -> None:
+    parent = parent_of(uri).info.run_id
+    by_run = {labels.get("lfads.io/run-id"): labels for labels in recorder.jobs.values()}
+    for run in members_of(uri):
+        tags = run.data.tags
+        job = json.loads(tags["lfads.job"])
+        assert job["launcher"] == "kubernetes" and job["namespace"] == "default"
+        labels = by_run[run.info.run_id]
+        assert labels["lfads.io/pbt-run"] == parent
+        assert labels["lfads.io/member"] == tags["lfads.member"]
+        assert labels["lfads.io/generation"] == tags["lfads.generation"]
+        assert labels["lfads.io/attempt"] == tags["lfads.attempt"]
+
+
+def test_pbt_on_kubernetes_finishes_with_the_local_layout(tmp_path, data_dir, server):  # noqa: F811
+    root, _ = project(tmp_path, data_dir, {})
+    write_config(root, pbt_config(population=4, generations=2))
+    recorder = JobRecorder()
+    t0 = time.monotonic()
+    proc = lfads("pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root)
+    print(f"PBT 4 members x 2 generations on Kubernetes: {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_complete_population(server, 4, 2, tmp_path)  # the same checks as the local launcher
+    client = MlflowClient(server)
+    parent = parent_of(server)
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "outputs")] == [
+        "outputs/lfads_output_tiny.h5"
+    ]
+    assert len(members_of(server)) == 8 and len(recorder.jobs) == 8
+    assert_every_member_was_a_job(server, recorder)
+    left = recorder.wait_cleaned(f"lfads.io/pbt-run={parent.info.run_id}")
+    assert left == ([], []), f"Jobs/pods left behind: {left}"
+
+
+def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_dir, server):  # noqa: F811
+    """Member 1's first pod exits 3 (Job Failed); member 0's first Job hangs and is deleted
+    with kubectl-like Background propagation by someone else. Both are retried and finish."""
+    root, _ = project(tmp_path, data_dir, {})
+    write_config(root, pbt_config(population=2, generations=2, heartbeat_timeout=120.0))
+    recorder = JobRecorder()
+    env = {"LFADS_TEST_FAULT_PLAN": json.dumps({"0": "hang@0", "1": "exit@0"})}
+    holder: dict = {}
+
+    def delete_the_hanging_job() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for name, labels in list(recorder.jobs.items()):
+                if labels.get("lfads.io/member") == "0" and labels.get("lfads.io/attempt") == "0":
+                    run = MlflowClient(server).get_run(labels["lfads.io/run-id"])
+                    if "lfads.heartbeat" in run.data.tags:  # the pod's worker really runs
+                        time.sleep(1)
+                        recorder.batch.delete_namespaced_job(
+                            name, "default", propagation_policy="Background"
+                        )
+                        holder["deleted"] = name
+                        return
+            time.sleep(0.5)
+
+    deleter = threading.Thread(target=delete_the_hanging_job, daemon=True)
+    deleter.start()
+    proc = lfads(
+        "pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "deleted" in holder, "the hanging member's Job was never seen running"
+    assert_complete_population(server, 2, 2, tmp_path)
+    gen0 = {
+        (int(r.data.tags["lfads.member"]), int(r.data.tags["lfads.attempt"])): r
+        for r in members_of(server)
+        if r.data.tags["lfads.generation"] == "0"
+    }
+    assert gen0[(0, 0)].info.status == "FAILED" and gen0[(0, 1)].info.status == "FINISHED"
+    assert gen0[(1, 0)].info.status == "FAILED" and gen0[(1, 1)].info.status == "FINISHED"
+    assert "job ended (failed)" in gen0[(1, 0)].data.tags["lfads.error"]
+    failed_job = json.loads(gen0[(1, 0)].data.tags["lfads.job"])["name"]
+    assert failed_job in recorder.failed_pods  # the Job controller counted a failed pod
+    assert_every_member_was_a_job(server, recorder)
+    parent = parent_of(server).info.run_id
+    assert recorder.wait_cleaned(f"lfads.io/pbt-run={parent}") == ([], [])
+
+
+def test_manifests_pass_server_side_dry_run(tmp_path):
+    """The API server validates (and defaults) the manifests without persisting them."""
+    batch, _ = apis()
+    options = kube_options(
+        gpus=1,
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        volumes=[
+            {"name": "data", "claim": "lfads-data", "mount_path": "/data", "read_only": True},
+            {"name": "out", "empty_dir": True, "mount_path": "/out"},
+        ],
+        image_pull_secrets=["regcred"],
+        service_account="lfads-worker",
+        tracking_secret="mlflow-auth",
+        secret_env={"AWS_SECRET_ACCESS_KEY": "s3-credentials/secret"},
+        active_deadline_seconds=3600,
+    )
+    tags = {"lfads.member": "0", "lfads.generation": "0", "mlflow.parentRunId": "a" * 32}
+    manifest = job_manifest(parse_options(options), "b" * 32, "http://mlflow:5000", tags, 1)
+    created = batch.create_namespaced_job("default", manifest, dry_run="All")
+    sc = created.spec.template.spec.containers[0].security_context
+    assert sc.run_as_non_root and not sc.allow_privilege_escalation
+    assert sc.capabilities.drop == ["ALL"] and sc.read_only_root_filesystem
+    assert (
+        batch.list_namespaced_job("default", label_selector="lfads.io/run-id=" + "b" * 32).items
+        == []
+    )
+    # the CLI's --dry-run output is valid too
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump({"pbt": {"population": 2}, "kubernetes": options})
+    )
+    proc = lfads("pbt", "--launcher", "kubernetes", "--dry-run", "c.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for doc in yaml.safe_load_all(proc.stdout):
+        batch.create_namespaced_job("default", doc, dry_run="All")
+    # and the server really validates: a bad label value is rejected
+    from kubernetes.client import ApiException
+
+    manifest["metadata"]["labels"]["lfads.io/member"] = "not a label!"
+    with pytest.raises(ApiException) as err:
+        batch.create_namespaced_job("default", manifest, dry_run="All")
+    assert err.value.status == 422
+
+
+def test_a_new_launcher_adopts_a_job_from_its_recorded_handle(tmp_path):
+    """After a controller restart only the member's `lfads.job` tag is left: a new launcher
+    polls and cancels the Job from it; closing the first launcher left the running Job alone."""
+    from launchers import JobHandle, JobState, get_launcher
+
+    sleeper = kube_options(command=["/bin/sh", "-c", "sleep 600", "sh"])  # args are ignored
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = get_launcher("kubernetes", **sleeper)
+    handle = first.submit("c" * 32, uri)
+    stored = json.loads(json.dumps({"job_id": handle.job_id, **handle.info}))
+    first.close()
+    second = get_launcher("kubernetes", **sleeper)
+    adopted = JobHandle("kubernetes", stored.pop("job_id"), "c" * 32, stored)
+    deadline = time.monotonic() + 60
+    while (state := second.poll(adopted)) != JobState.RUNNING:
+        assert state == JobState.PENDING and time.monotonic() < deadline
+        time.sleep(0.3)
+    second.cancel(adopted)
+    assert second.poll(adopted) == JobState.CANCELLED
+    recorder_batch, core = apis()
+    selector = "lfads.io/run-id=" + "c" * 32
+    deadline = time.monotonic() + 60
+    while core.list_namespaced_pod("default", label_selector=selector).items:
+        assert time.monotonic() < deadline, "the cancelled Job's pod was not removed"
+        time.sleep(0.5)
+    assert recorder_batch.list_namespaced_job("default", label_selector=selector).items == []
+    second.close()
+
+
+def test_tracking_credentials_reach_the_pod_only_through_the_secret(tmp_path):
+    """The Job holds a secretKeyRef, never the value; the pod's process gets the value."""
+    import base64
+
+    from launchers import JobState, get_launcher
+
+    batch, core = apis()
+    name = "lfads-test-mlflow-auth"
+    core.delete_collection_namespaced_secret("default", field_selector=f"metadata.name={name}")
+    data = {"username": "alice", "password": "s3cret-value"}
+    core.create_namespaced_secret(
+        "default",
+        {
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        },
+    )
+    check = 'test "$MLFLOW_TRACKING_USERNAME" = alice && test "$MLFLOW_TRACKING_PASSWORD" = s3cret-value'
+    launcher = get_launcher(
+        "kubernetes", **kube_options(command=["/bin/sh", "-c", check, "sh"], tracking_secret=name)
+    )
+    handle = launcher.submit("d" * 32, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    job = batch.read_namespaced_job(handle.info["name"], "default")
+    env = {e.name: e for e in job.spec.template.spec.containers[0].env}
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[var].value is None and env[var].value_from.secret_key_ref.name == name
+    assert launcher.wait(handle, poll_interval=0.3, timeout=60) == JobState.SUCCEEDED
+    launcher.close()
+    core.delete_namespaced_secret(name, "default")
