@@ -2,8 +2,8 @@
 
 submit returns at once; poll never blocks and ends in a terminal state that matches the job's
 outcome; cancel stops a running job; the MLflow run of a job is never left RUNNING. Real worker
-processes and a real sqlite MLflow store. (SLURM and Kubernetes launchers are not implemented yet;
-they join this parametrisation when they are.)
+processes and a real sqlite MLflow store. SLURM runs against the project's single-node cluster
+(tools/slurm_cluster.sh, `nox -s tests_slurm`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,15 @@ from lfads_lightning.synth import make_dataset
 LAUNCHERS = {
     "local-cold": lambda tmp: get_launcher("local", log_dir=tmp / "logs"),
     "local-warm": lambda tmp: get_launcher("local", log_dir=tmp / "logs", warm=True),
+    "slurm": lambda tmp: get_launcher("slurm", log_dir=tmp / "logs"),
 }
+# Launchers that need a cluster run only in that cluster's session.
+MARKS = {"slurm": pytest.mark.slurm}
 
 
-@pytest.fixture(params=sorted(LAUNCHERS))
+@pytest.fixture(
+    params=[pytest.param(name, marks=MARKS.get(name, ())) for name in sorted(LAUNCHERS)]
+)
 def launcher(request, tmp_path):
     instance = LAUNCHERS[request.param](tmp_path)
     yield instance
