@@ -123,6 +123,15 @@ def tests_slow(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_slurm(session: nox.Session) -> None:
+    """SLURM launcher tests on a real single-node cluster (needs root: installs slurm-wlm)."""
+    _install(session)
+    session.chdir(ROOT)
+    session.run("bash", "tools/slurm_cluster.sh", "start", external=True)
+    session.run(PYTHON, "-m", "pytest", "-m", "slurm", "-q", "--durations=15", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
     _install(session)
