@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,13 @@ class WorkerJob(submitit.helpers.Checkpointable):
         self.tracking_uri = tracking_uri
 
     def __call__(self) -> int:
+        from lfads_lightning import tracking
         from lfads_lightning.training import run_worker
 
+        status = tracking.client(self.tracking_uri).get_run(self.run_id).info.status
+        if status != "RUNNING":  # requeued after its run closed (e.g. USR2 at the very end)
+            print(f"lfads: run {self.run_id} is already {status}; nothing to do", file=sys.stderr)
+            return 0
         code = run_worker(self.run_id, self.tracking_uri)
         if code != 0:  # the run already says why (lfads.error); sacct shows FAILED
             raise RuntimeError(f"lfads worker for run {self.run_id} exited with code {code}")
