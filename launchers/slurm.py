@@ -228,8 +228,3 @@ class SlurmLauncher(Launcher):
 
     def default_threads(self, concurrency: int) -> int:
         return self.options.cpus_per_task
-
-    def log_file(self, handle: JobHandle) -> Path:
-        """Where the job's output goes (stdout and stderr together)."""
-        folder = Path(handle.info.get("folder", self.log_dir))
-        return folder / handle.job_id / f"{handle.job_id}_0_log.out"
