@@ -45,7 +45,11 @@ def cluster() -> None:
     except FileNotFoundError:
         pytest.fail("sinfo not found: start the cluster with tools/slurm_cluster.sh start")
     states = out.stdout.split()
-    assert out.returncode == 0 and states and states[0] in ("idle", "mix", "alloc"), (
+    assert (
+        out.returncode == 0
+        and states
+        and states[0].rstrip("*~#$@+-") in ("idle", "mix", "alloc", "comp")
+    ), (
         f"SLURM is not ready ({out.stdout.strip()} {out.stderr.strip()}): "
         "run tools/slurm_cluster.sh start (as root)"
     )

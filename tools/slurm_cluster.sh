@@ -201,7 +201,7 @@ PartitionName=main Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-node_ready() { sinfo -h -N -n "$HOST" -o %t | grep -Eq '^(idle|mix|alloc)'; }
+node_ready() { sinfo -h -N -n "$HOST" -o %t | grep -Eq '^(idle|mix|alloc|comp)'; }
 
 start_slurm() {
   mkdir -p "$STATE/ctld" "$STATE/d"
