@@ -13,6 +13,7 @@ folder), so a controller started later polls and cancels jobs it did not submit.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import time
@@ -177,6 +178,44 @@ class SlurmLauncher(Launcher):
         info = {"folder": str(self.log_dir), "slurm_submitted": time.time()}
         return JobHandle(self.name, str(job.job_id), run_id, info)
 
+    def sbatch_flags(self) -> list[str]:
+        """The resource options as sbatch flags (what `check` asks sbatch about)."""
+        o = self.options
+        named = {
+            "partition": o.partition,
+            "account": o.account,
+            "qos": o.qos,
+            "time": o.time_min,
+            "cpus-per-task": o.cpus_per_task,
+            "gpus-per-node": o.gpus_per_node or None,
+            "mem": o.mem,
+            "constraint": o.constraint,
+        }
+        for key, value in o.additional_parameters.items():
+            named[key.replace("_", "-")] = value
+        flags = []
+        for key, value in named.items():
+            if value is True:
+                flags.append(f"--{key}")
+            elif value is not None and value is not False:
+                flags.append(f"--{key}={value}")
+        return flags
+
+    def check(self) -> None:
+        if shutil.which("sbatch") is None:
+            raise ConfigError(
+                "sbatch not found: run lfads with --launcher slurm on a SLURM login node "
+                "(or start the local cluster: tools/slurm_cluster.sh start)"
+            )
+        cmd = ["sbatch", "--test-only", *self.sbatch_flags(), "--wrap", "true"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["(no message)"]
+            raise ConfigError(
+                f"sbatch rejects the slurm: options ({lines[0].removeprefix('sbatch: error: ')}); "
+                f"fix slurm.partition, account, qos, time_min or the resource requests"
+            )
+
     def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
         return self.submit_many([run_id], tracking_uri, threads)[0]
 
@@ -192,10 +231,11 @@ class SlurmLauncher(Launcher):
             with executor.batch():
                 for run_id in run_ids:
                     jobs.append(executor.submit(WorkerJob(run_id, tracking_uri)))
-        except subprocess.CalledProcessError as err:
+        except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as err:
+            first = (str(err).strip().splitlines() or ["(no message)"])[0]
             raise ConfigError(
-                f"sbatch refused the job: {(err.stderr or err.output or b'').decode().strip()}; "
-                f"check the slurm: options (partition, account, qos, time_min)"
+                f"sbatch refused the job ({first}); check the slurm: options "
+                f"(partition, account, qos, time_min)"
             ) from None
         handles = [self._handle(job, run_id) for job, run_id in zip(jobs, run_ids, strict=True)]
         for handle in handles:

@@ -265,3 +265,10 @@ def test_preempted_member_requeues_from_its_own_checkpoint(tmp_path, data_dir):
         check=True,
     ).stdout
     assert "REQUEUED" in show and "COMPLETED" in show, show  # the same job id ran twice
+
+
+def test_a_partition_the_cluster_lacks_fails_before_any_run(tmp_path):
+    proc = lfads("fit", "--launcher", "slurm", "slurm.partition=nope", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "invalid partition" in proc.stderr and "slurm.partition" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "lfads_output").exists()
