@@ -220,30 +220,39 @@ def test_fit_on_slurm(tmp_path, data_dir):
     assert sacct([logs[0].parent.name]) == {logs[0].parent.name: "COMPLETED"}
 
 
-def test_preempted_member_requeues_from_its_own_checkpoint(tmp_path, data_dir):
-    """USR2 is what submitit gets before a time limit or (cluster setting) a preemption: the
-    job saves the member's state to MLflow, requeues itself (same job id) and resumes there."""
+def member_run_config(tmp_path: Path, data_dir: Path) -> tuple[str, object]:
+    """A tracking store and the config of a tiny member run."""
+    from lfads_lightning.config import load_config
+
     (tmp_path / "tiny.h5").symlink_to(data_dir / "tiny.h5")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.check_store(uri)
-    from lfads_lightning.config import load_config
-
     cfg = load_config(
         None,
         [f"data.paths=[{tmp_path / 'tiny.h5'}]", "data.synth=null", "data.batch_size=8"]
         + [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
-        + ["train.progress_bar=false", "train.threads=1", "tracking.experiment=preempt"],
+        + ["train.progress_bar=false", "train.threads=1", "tracking.experiment=member"],
     )
-    tags = {
+    return uri, cfg
+
+
+def member_tags(target_epoch: int) -> dict[str, str]:
+    return {
         "kind": "pbt_member",
         "member": "0",
         "generation": "0",
         "attempt": "0",
         "state": "queued",
         "hparams": "{}",
-        "target_epoch": "150",
+        "target_epoch": str(target_epoch),
     }
-    run_id = tracking.create_config_run(cfg, uri, tags)
+
+
+def test_preempted_member_requeues_from_its_own_checkpoint(tmp_path, data_dir):
+    """USR2 is what submitit gets before a time limit or (cluster setting) a preemption: the
+    job saves the member's state to MLflow, requeues itself (same job id) and resumes there."""
+    uri, cfg = member_run_config(tmp_path, data_dir)
+    run_id = tracking.create_config_run(cfg, uri, member_tags(target_epoch=150))
     launcher = get_launcher("slurm", log_dir=tmp_path / "logs", time_min=30)
     handle = launcher.submit(run_id, uri, threads=1)
     client = MlflowClient(uri)
@@ -265,6 +274,20 @@ def test_preempted_member_requeues_from_its_own_checkpoint(tmp_path, data_dir):
         check=True,
     ).stdout
     assert "REQUEUED" in show and "COMPLETED" in show, show  # the same job id ran twice
+
+
+def test_a_member_out_of_time_and_requeues_fails_its_run(tmp_path, data_dir):
+    """Time limit 1 min, USR2 20 s before it, no requeues left: the run is closed FAILED with
+    the reason, so the controller's failure rules (retry, then exploit) take over."""
+    uri, cfg = member_run_config(tmp_path, data_dir)
+    run_id = tracking.create_config_run(cfg, uri, member_tags(target_epoch=100000))
+    launcher = get_launcher(
+        "slurm", log_dir=tmp_path / "logs", time_min=1, signal_delay_s=20, max_requeues=0
+    )
+    handle = launcher.submit(run_id, uri, threads=1)
+    assert launcher.wait(handle, poll_interval=1, timeout=300) == JobState.FAILED
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and "timed-out" in run.data.tags["lfads.error"]
 
 
 def test_a_partition_the_cluster_lacks_fails_before_any_run(tmp_path):
