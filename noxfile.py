@@ -123,6 +123,15 @@ def tests_slow(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_slurm(session: nox.Session) -> None:
+    """SLURM launcher tests on a real single-node cluster (needs root: installs slurm-wlm)."""
+    _install(session)
+    session.chdir(ROOT)
+    session.run("bash", "tools/slurm_cluster.sh", "start", external=True)
+    session.run(PYTHON, "-m", "pytest", "-m", "slurm", "-q", "--durations=15", *session.posargs)
+
+
+@nox.session
 def tests_k8s(session: nox.Session) -> None:
     """`k8s` tests on a real control plane on loopback (tools/k8s/cluster.sh: binaries built
     once into ~/.cache/lfads-k8s, a fake kubelet runs pods as local processes); stopped after."""

@@ -85,6 +85,10 @@ class Launcher(ABC):
     def prestart(self, jobs: int, threads: int | None = None) -> None:  # noqa: B027
         """Get ready for `jobs` concurrent jobs before the first submit (warm workers); no-op."""
 
+    def check(self) -> None:  # noqa: B027
+        """Verify the options against the backend before any run exists (e.g. sbatch --test-only,
+        so a wrong partition fails at once, not after runs were created); no-op by default."""
+
     def close(self) -> None:  # noqa: B027
         """Release what the launcher holds (idle workers, API clients); running jobs go on."""
 

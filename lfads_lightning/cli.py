@@ -65,7 +65,9 @@ def prepare_run(
     cfg = resolve_paths(cfg)
     if tracking_uri:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
-    get_launcher(launcher_name, **(launcher_options or {})).close()
+    launcher = get_launcher(launcher_name, **(launcher_options or {}))
+    launcher.check()
+    launcher.close()
     prepare_data(cfg)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tracking.check_store(uri)
@@ -88,7 +90,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"lfads: run {run_id} (experiment '{cfg.tracking.experiment}', tracking {uri}) on launcher '{args.launcher}'",
         file=sys.stderr,
     )
-    handle = launcher.submit(run_id, uri, threads=cfg.train.threads or None)
+    try:
+        handle = launcher.submit(run_id, uri, threads=cfg.train.threads or None)
+    except Exception as err:  # never leave the run RUNNING for a job that does not exist
+        tracking.mark_failed(uri, run_id, f"job submission failed: {err}")
+        raise
     try:
         state = launcher.wait(handle)
     except KeyboardInterrupt:

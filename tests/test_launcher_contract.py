@@ -2,7 +2,8 @@
 
 submit returns at once; poll never blocks and ends in a terminal state that matches the job's
 outcome; cancel stops a running job; the MLflow run of a job is never left RUNNING. Real worker
-processes and a real sqlite MLflow store. Kubernetes runs on the k8s test cluster (marked k8s).
+processes and a real sqlite MLflow store. SLURM runs against the project's single-node cluster
+(tools/slurm_cluster.sh, `nox -s tests_slurm`); Kubernetes on the k8s test cluster (marked k8s).
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ from .k8s_helpers import kube_options
 LAUNCHERS = {
     "local-cold": lambda tmp: get_launcher("local", log_dir=tmp / "logs"),
     "local-warm": lambda tmp: get_launcher("local", log_dir=tmp / "logs", warm=True),
+    "slurm": lambda tmp: get_launcher("slurm", log_dir=tmp / "logs"),
     # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
     "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options()),
 }
-MARKS = {"kubernetes": [pytest.mark.k8s]}
+# Launchers that need a cluster run only in that cluster's session.
+MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s}
 
 
-@pytest.fixture(params=[pytest.param(n, marks=MARKS.get(n, [])) for n in sorted(LAUNCHERS)])
+@pytest.fixture(
+    params=[pytest.param(name, marks=MARKS.get(name, ())) for name in sorted(LAUNCHERS)]
+)
 def launcher(request, tmp_path):
     instance = LAUNCHERS[request.param](tmp_path)
     yield instance

@@ -24,6 +24,31 @@ from .state import FAILED, FINISHED, FITNESS_METRIC, RUNNING, P, set_state
 
 CHECKPOINT_ARTIFACT = "checkpoints/last.ckpt"
 
+# The member training in this process, for save_interrupted_member (a signal handler).
+_ACTIVE: dict[str, Any] = {}
+
+
+def save_interrupted_member() -> bool:
+    """Log the training member's state as its own checkpoint artifact, so that a requeued job
+    (preemption, time limit) resumes there instead of redoing the generation. Called from the
+    SLURM launcher's checkpoint hook; False when no member is training in this process."""
+    trainer = _ACTIVE.get("trainer")
+    if trainer is None:
+        return False
+    client, run_id = _ACTIVE["client"], _ACTIVE["run_id"]
+    path = Path(_ACTIVE["work"]) / "last.ckpt"
+    trainer.save_checkpoint(path)
+    client.log_artifact(run_id, str(path), "checkpoints")
+    client.set_tag(run_id, P + "interrupted_at_epoch", str(trainer.current_epoch))
+    return True
+
+
+def _own_checkpoint(client: Any, run_id: str, work: str) -> str | None:
+    """The checkpoint an interrupted earlier execution of this same run left, if any."""
+    if not any(a.path == CHECKPOINT_ARTIFACT for a in client.list_artifacts(run_id, "checkpoints")):
+        return None
+    return client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, work)
+
 
 class ApplyHyperparameters(Callback):
     """Set the member's hyperparameters after Lightning restored the checkpoint.
@@ -106,11 +131,19 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     # Everything a member keeps goes to MLflow; its local files live only as long as the job.
     with tempfile.TemporaryDirectory(prefix="lfads-member-") as work:
         source = tags.get(P + "copied_from")
+        ckpt = _own_checkpoint(client, run_id, work)
+        if ckpt is not None:
+            client.set_tag(run_id, P + "resumed_from", "own checkpoint (requeued job)")
+        elif source:
+            ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, work)
         trainer = make_trainer(
-            cfg, Path(work), callbacks, max_epochs=target_epoch, resuming=bool(source)
+            cfg, Path(work), callbacks, max_epochs=target_epoch, resuming=ckpt is not None
         )
-        ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, work) if source else None
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        _ACTIVE.update(trainer=trainer, client=client, run_id=run_id, work=work)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        finally:
+            _ACTIVE.clear()
         if trainer.interrupted:
             raise KeyboardInterrupt
         path = Path(work) / "last.ckpt"
