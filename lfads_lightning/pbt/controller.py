@@ -82,6 +82,8 @@ class Controller:
         self.launcher = launcher
         self.poll_interval = poll_interval
         self.threads = threads_per_member
+        # Last time each member's job was seen queued: the heartbeat clock starts when it runs.
+        self._last_queued: dict[str, float] = {}
         self.concurrency = max(1, concurrency)
         self._log = log or (lambda msg: print(f"lfads pbt: {msg}", file=sys.stderr, flush=True))
 
@@ -298,8 +300,12 @@ class Controller:
             time.sleep(0.5)  # the worker may be closing its run right now
             outcome = self._closed_outcome(self.client.get_run(m.run_id))
             return outcome or f"job ended ({job_state.value}) without closing its run"
+        if job_state.value == "pending":  # waiting in a cluster queue: nothing to beat yet
+            self._last_queued[m.run_id] = time.time()
+            return None
         beat = run.data.tags.get(P + "heartbeat")
         last = float(beat) if beat else float(m.job.get("submitted_at", time.time()))
+        last = max(last, self._last_queued.get(m.run_id, 0.0))
         if time.time() - last > self.pbt.heartbeat_timeout:
             self.launcher.cancel(self._handle(m))
             return f"no heartbeat for {self.pbt.heartbeat_timeout:.0f} s (hung)"

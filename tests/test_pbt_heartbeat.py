@@ -1,0 +1,76 @@
+"""The heartbeat timeout counts time a member job runs, not time it waits in a cluster queue.
+
+The launcher here is a stand-in whose state the test sets (a queue that holds a job for longer
+than the timeout cannot be produced on the local launcher); the MLflow store is real.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow import MlflowClient
+
+from launchers import JobHandle, JobState, Launcher
+from lfads_lightning import tracking
+from lfads_lightning.config import LfadsConfig
+from lfads_lightning.pbt.config import PbtConfig
+from lfads_lightning.pbt.controller import Controller
+from lfads_lightning.pbt.state import MemberRun
+
+
+class ScriptedLauncher(Launcher):
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.state = JobState.PENDING
+        self.cancelled: list[str] = []
+
+    def submit(self, run_id, tracking_uri, threads=None):
+        return JobHandle(self.name, "1", run_id)
+
+    def poll(self, handle):
+        return self.state
+
+    def cancel(self, handle):
+        self.cancelled.append(handle.run_id)
+
+
+def make(tmp_path, timeout: float):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.check_store(uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("hb", artifact_location=str(tmp_path / "art"))
+    run_id = client.create_run(exp).info.run_id
+    launcher = ScriptedLauncher()
+    pbt = PbtConfig(heartbeat_timeout=timeout)
+    controller = Controller(uri, run_id, LfadsConfig(), pbt, launcher, log=lambda msg: None)
+    submitted = time.time() - 10 * timeout  # submitted long ago, no heartbeat ever written
+    member = MemberRun(
+        run_id, 0, 0, 0, "running", "RUNNING", None, None, None, {},
+        job={"launcher": "scripted", "job_id": "1", "submitted_at": submitted},
+    )  # fmt: skip
+    return controller, launcher, member
+
+
+def test_a_queued_job_is_not_hung_however_long_it_waits(tmp_path):
+    controller, launcher, member = make(tmp_path, timeout=0.5)
+    assert controller._check(member) is None
+    assert launcher.cancelled == []
+
+
+def test_the_clock_starts_when_the_job_leaves_the_queue(tmp_path):
+    controller, launcher, member = make(tmp_path, timeout=0.5)
+    assert controller._check(member) is None  # queued
+    launcher.state = JobState.RUNNING
+    assert controller._check(member) is None  # just started: not hung yet
+    time.sleep(0.7)
+    outcome = controller._check(member)
+    assert outcome is not None and "no heartbeat" in outcome
+    assert launcher.cancelled == [member.run_id]
+
+
+def test_a_running_job_without_heartbeat_since_submission_is_hung(tmp_path):
+    controller, launcher, member = make(tmp_path, timeout=0.5)
+    launcher.state = JobState.RUNNING
+    outcome = controller._check(member)
+    assert outcome is not None and "no heartbeat" in outcome
