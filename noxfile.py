@@ -123,6 +123,18 @@ def tests_slow(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_nlb_tools(session: nox.Session) -> None:
+    """Cross-check our NLB metrics against nlb-tools (and NWB import with pynwb)."""
+    _install(session)
+    session.chdir(ROOT)
+    pip = [PYTHON, "-m", "pip", "install", "--progress-bar", "off", "-c", str(CONSTRAINTS)]
+    # nlb-tools pins pandas<=1.3.4 (no build on 3.11); its evaluation module needs only these.
+    session.run(*pip, "--no-deps", "nlb-tools==0.0.4")
+    session.run(*pip, "scipy", "scikit-learn", "pynwb")
+    session.run(PYTHON, "-m", "pytest", "-m", "nlb_tools", "-q", "-rs", "-s", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
     _install(session)
