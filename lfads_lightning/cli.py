@@ -274,11 +274,22 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_nlb(args: argparse.Namespace) -> int:
-    from .nlb import convert_nlb_tensors
+    if str(args.src).endswith(".nwb"):
+        from .nwb import convert_nlb_nwb
 
-    path = convert_nlb_tensors(
-        args.src, args.out, valid_every=args.valid_every, overwrite=args.overwrite
-    )
+        path = convert_nlb_nwb(
+            Path(args.src),
+            args.out,
+            align=args.align,
+            valid_every=args.valid_every,
+            overwrite=args.overwrite,
+        )
+    else:
+        from .nlb import convert_nlb_tensors
+
+        path = convert_nlb_tensors(
+            args.src, args.out, valid_every=args.valid_every, overwrite=args.overwrite
+        )
     print(f"lfads: wrote {path}", file=sys.stderr)
     return 0
 
@@ -431,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     nlb = data_sub.add_parser(
         "nlb", help="convert NLB tensors (held-in/held-out/forward) to the project format"
     )
-    nlb.add_argument("src", help="directory with <name>_train.h5 and <name>_val.h5")
+    nlb.add_argument(
+        "src", help="directory with <name>_train.h5 and <name>_val.h5, or an NLB .nwb file"
+    )
     nlb.add_argument("out", help="output HDF5 path")
     nlb.add_argument(
         "--valid-every",
@@ -440,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="every Nth train trial becomes a validation trial",
     )
     nlb.add_argument("--overwrite", action="store_true")
+    nlb.add_argument(
+        "--align", default="move_onset_time", help="NWB: trials column of the alignment event"
+    )
     nlb.set_defaults(func=cmd_data_nlb)
 
     ev = sub.add_parser(
