@@ -303,7 +303,8 @@ def rates_by_condition(
                 axes[row, 0].plot(t, smoothed[tr, :, neuron] * to_hz, color=color, lw=0.5)
                 axes[row, 2].plot(t, rates[tr, :, neuron] * to_hz, color=color, lw=0.5)
             psth = np.nanmean(smoothed[trials, :, neuron], axis=0) * to_hz
-            axes[row, 1].plot(t, psth, color=color, lw=1.5, label=f"cond {c}")
+            label = "all trials" if cond_idx is None else f"cond {c}"
+            axes[row, 1].plot(t, psth, color=color, lw=1.5, label=label)
         top = max(ax.get_ylim()[1] for ax in axes[row])
         for col in range(3):
             axes[row, col].set_ylim(0, top)
