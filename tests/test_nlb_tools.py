@@ -60,6 +60,10 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+def _show(what: str, ours: float, ref: float) -> None:
+    print(f"{what}: ours {ours:.10f} nlb_tools {ref:.10f} rel {_rel(ours, ref):.1e}")
+
+
 def test_co_bps_real_val_trials(maze):
     rates = _predict(
         maze["train_spikes_heldin"], maze["train_spikes_heldout"], maze["eval_spikes_heldin"]
@@ -68,7 +72,7 @@ def test_co_bps_real_val_trials(maze):
     rates[0, :3][maze["eval_spikes_heldout"][0, :3] == 0] = 0.0
     ours = metrics.co_bps(rates, maze["eval_spikes_heldout"])
     ref = nlb_eval.bits_per_spike(rates.copy(), maze["eval_spikes_heldout"])
-    print(f"co-bps MC_Maze_Small val: ours {ours:.10f} nlb_tools {ref:.10f}")
+    _show("co-bps MC_Maze_Small val", ours, ref)
     assert 0.05 < ours < 0.2 and _rel(ours, ref) < REL
 
 
@@ -82,7 +86,7 @@ def test_fp_bps_real_forward_bins_with_nan_masking(maze):
     fwd[::7, -5:] = np.nan  # unobserved bins on some trials
     ours = metrics.fp_bps(rates, fwd)
     ref = nlb_eval.bits_per_spike(rates.copy(), fwd)
-    print(f"fp-bps MC_Maze_Small train forward: ours {ours:.10f} nlb_tools {ref:.10f}")
+    _show("fp-bps MC_Maze_Small train forward", ours, ref)
     assert _rel(ours, ref) < REL
 
 
@@ -103,9 +107,7 @@ def test_vel_r2_real_behaviour_with_lag(maze):
     ref = nlb_eval.velocity_decoding(
         r[tr], v[tr], np.ones((60, 1), bool), r[ev], v[ev], np.ones((15, 1), bool)
     )
-    print(
-        f"vel R2 MC_Maze_Small (60 fit / 15 scored trials): ours {ours:.10f} nlb_tools {ref:.10f}"
-    )
+    _show("vel R2 MC_Maze_Small (60 fit / 15 scored trials)", ours, ref)
     assert 0.3 < ours < 1.0 and _rel(ours, ref) < REL
 
 
@@ -129,7 +131,7 @@ def test_psth_r2_with_conditions(maze, source):
     conditions, psth = metrics.true_psths(spikes, cond, sd)
     ours = metrics.psth_r2(rates[ev], cond[ev], psth, conditions)
     ref = nlb_eval.eval_psth(psth, rates[ev], [np.flatnonzero(cond[ev] == c) for c in conditions])
-    print(f"psth R2 ({source}): ours {ours:.10f} nlb_tools {ref:.10f}")
+    _show(f"psth R2 ({source})", ours, ref)
     assert _rel(ours, ref) < REL
 
 
@@ -151,7 +153,8 @@ def test_synthetic_bps_and_evaluate_end_to_end(maze, tmp_path):
     result = evaluate.evaluate_output(out)
     test_rates = outputs["test"]["rates"][:, :t_obs, n_in:].astype(np.float64)
     ref = nlb_eval.bits_per_spike(test_rates, maze["eval_spikes_heldout"])
-    print(f"lfads evaluate test_co_bps {result.metrics['test_co_bps']:.10f} nlb_tools {ref:.10f}")
+    ours = result.metrics["test_co_bps"]
+    _show("lfads evaluate test_co_bps", ours, ref)
     assert _rel(result.metrics["test_co_bps"], ref) < REL
     train_rates = outputs["train"]["rates"].astype(np.float64)
     ref_fp = nlb_eval.bits_per_spike(train_rates[:, t_obs:], rec["train"][:, t_obs:].astype(float))
