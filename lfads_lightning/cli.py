@@ -104,7 +104,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return 1
     out_dir = Path(cfg.output.dir) / run_id
     print(
-        f"lfads: done. outputs in {out_dir}; browse with: mlflow ui --backend-store-uri {uri}",
+        f"lfads: done. outputs in {out_dir}; score with: lfads evaluate {run_id}; browse with: lfads ui --tracking-uri {uri}",
         file=sys.stderr,
     )
     return 0
