@@ -8,6 +8,7 @@ about 3 GB). Artifacts of the sqlite default live in ./mlartifacts next to the d
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,10 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
     """Serve the UI until interrupted; returns the server's exit code."""
     from . import tracking
@@ -55,6 +60,8 @@ def run_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) 
     env.pop("MLFLOW_TRACKING_URI", None)
     print(f"lfads: MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C stops it)", file=sys.stderr)
     proc = subprocess.Popen(cmd, env=env)
+    # SIGTERM (a service manager, `kill`) stops the server too, not only Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return proc.wait()
     except KeyboardInterrupt:
