@@ -146,6 +146,34 @@ def tests_k8s(session: nox.Session) -> None:
 
 
 @nox.session
+def tests_nlb_tools(session: nox.Session) -> None:
+    """Cross-check our NLB metrics against nlb-tools (and NWB import with pynwb)."""
+    _install(session)
+    session.chdir(ROOT)
+    pip = [PYTHON, "-m", "pip", "install", "--progress-bar", "off", "-c", str(CONSTRAINTS)]
+    # nlb-tools pins pandas<=1.3.4 (no build on 3.11); its evaluation module needs only these.
+    session.run(*pip, "--no-deps", "nlb-tools==0.0.4")
+    session.run(*pip, "scipy", "scikit-learn", "pynwb")
+    session.run(PYTHON, "-m", "pytest", "-m", "nlb_tools", "-q", "-rs", "-s", *session.posargs)
+
+
+@nox.session
+def tests_browser(session: nox.Session) -> None:
+    """`lfads ui` in headless Debian chromium (apt) via chromedriver: the PBT compare view."""
+    _install(session)
+    session.chdir(ROOT)
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        apt = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=apt)
+        session.run(
+            "apt-get", "install", "-y", "-q", "--no-install-recommends",
+            "chromium", "chromium-driver", external=True, env=apt,
+        )  # fmt: skip
+    session.run(PYTHON, "-m", "pip", "install", "--progress-bar", "off", "selenium")
+    session.run(PYTHON, "-m", "pytest", "-m", "browser", "-q", "-rs", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
     _install(session)

@@ -110,7 +110,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return 1
     out_dir = Path(cfg.output.dir) / run_id
     print(
-        f"lfads: done. outputs in {out_dir}; browse with: mlflow ui --backend-store-uri {uri}",
+        f"lfads: done. outputs in {out_dir}; score with: lfads evaluate {run_id}; browse with: lfads ui --tracking-uri {uri}",
         file=sys.stderr,
     )
     return 0
@@ -287,13 +287,80 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_nlb(args: argparse.Namespace) -> int:
-    from .nlb import convert_nlb_tensors
+    if str(args.src).endswith(".nwb"):
+        from .nwb import convert_nlb_nwb
 
-    path = convert_nlb_tensors(
-        args.src, args.out, valid_every=args.valid_every, overwrite=args.overwrite
-    )
+        path = convert_nlb_nwb(
+            Path(args.src),
+            args.out,
+            align=args.align,
+            valid_every=args.valid_every,
+            overwrite=args.overwrite,
+        )
+    else:
+        from .nlb import convert_nlb_tensors
+
+        path = convert_nlb_tensors(
+            args.src, args.out, valid_every=args.valid_every, overwrite=args.overwrite
+        )
     print(f"lfads: wrote {path}", file=sys.stderr)
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """NLB metrics of a run's outputs (logged to it under eval/) or of one output file."""
+    import json
+
+    from . import evaluate, tracking
+
+    target = args.target
+    as_file = target.endswith((".h5", ".hdf5")) or Path(target).exists()
+    fig_dir = Path(args.figures_dir) if args.figures_dir else None
+    if as_file:
+        result = evaluate.evaluate_output(target, args.psth_sd_ms)
+        name = Path(target).stem
+        if not args.no_figures:
+            out = fig_dir or Path(target).resolve().parent / "eval_figures"
+            result.figures = evaluate.make_figures(target, out, name)
+        results, logged = [result], False
+        if not args.no_log and result.run_id:
+            uri = tracking.resolve_uri(args.tracking_uri)
+            tracking.check_store(uri)
+            logged = evaluate.log_file_evaluation(tracking.client(uri), result)
+    else:
+        uri = tracking.resolve_uri(args.tracking_uri)
+        tracking.check_store(uri)
+        results = evaluate.evaluate_run(
+            tracking.client(uri),
+            target,
+            fig_dir or Path("lfads_output") / target / "eval_figures",
+            args.psth_sd_ms,
+            log=not args.no_log,
+            figures=not args.no_figures,
+        )
+        logged = not args.no_log
+    if args.json:
+        payload = [
+            {
+                "path": str(r.path),
+                "run_id": r.run_id,
+                "metrics": r.metrics,
+                "figures": [str(p) for p in r.figures],
+            }
+            for r in results
+        ]
+        print(json.dumps(payload, indent=2))
+    else:
+        print(evaluate.format_table(results))
+    where = f"run {results[0].run_id} (metrics eval/...)" if logged else "nowhere (printed only)"
+    print(f"lfads: evaluation logged to {where}", file=sys.stderr)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui import run_ui
+
+    return run_ui(args.tracking_uri, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     nlb = data_sub.add_parser(
         "nlb", help="convert NLB tensors (held-in/held-out/forward) to the project format"
     )
-    nlb.add_argument("src", help="directory with <name>_train.h5 and <name>_val.h5")
+    nlb.add_argument(
+        "src", help="directory with <name>_train.h5 and <name>_val.h5, or an NLB .nwb file"
+    )
     nlb.add_argument("out", help="output HDF5 path")
     nlb.add_argument(
         "--valid-every",
@@ -402,7 +471,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="every Nth train trial becomes a validation trial",
     )
     nlb.add_argument("--overwrite", action="store_true")
+    nlb.add_argument(
+        "--align", default="move_onset_time", help="NWB: trials column of the alignment event"
+    )
     nlb.set_defaults(func=cmd_data_nlb)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="NLB metrics (co-bps, fp-bps, vel R2, psth R2, rate R2) of a run or an output file",
+        description="Given a run id, evaluates its outputs/*.h5 and logs eval/... metrics and "
+        "eval_figures/ to it (a PBT parent: its best member's outputs). Given an output file, "
+        "prints the metrics and logs them to the run recorded in the file if it is in the store.",
+    )
+    ev.add_argument("target", metavar="RUN_ID|OUTPUT.h5")
+    ev.add_argument("--tracking-uri")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+    ev.add_argument("--no-figures", action="store_true", help="make no figures")
+    ev.add_argument("--figures-dir", help="where to write the PNG figures")
+    ev.add_argument(
+        "--psth-sd-ms", type=float, default=50.0, help="Gaussian sd for true PSTHs (NLB: 50)"
+    )
+    ev.set_defaults(func=cmd_evaluate)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
+    ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
 
     worker = sub.add_parser("worker", help="(internal) run the job of one MLflow run")
     worker.add_argument("--run-id", required=True)

@@ -250,6 +250,74 @@ def rates_vs_truth(
     return fig
 
 
+def _pick(requested: Sequence[int] | None, available: np.ndarray, k: int) -> list:
+    if requested is None:
+        return list(available[:k])
+    return [c for c in requested if c in set(available.tolist())]
+
+
+def rates_by_condition(
+    spikes: np.ndarray,
+    rates: np.ndarray,
+    cond_idx: np.ndarray | None = None,
+    neuron_ids: Sequence[int] | None = None,
+    conditions: Sequence[int] | None = None,
+    bin_size_ms: float = 1.0,
+    event_bin: int = 0,
+    event_name: str = "event",
+    smooth_ms: float = 50.0,
+) -> Figure:
+    """Per neuron (rows): smoothed single-trial spikes, trial-averaged PSTH and inferred
+    single-trial rates (columns), a colour per condition, time relative to an event.
+
+    This is the layout of the AutoLFADS deployment paper's inferred-rates figure: single-trial
+    rates should look like the PSTH, not like the noisy smoothed spikes. By default the four
+    most active neurons and the first six conditions are shown.
+    """
+    spikes = np.asarray(spikes, dtype=float)
+    rates = np.asarray(rates, dtype=float)
+    if spikes.shape != rates.shape:
+        raise ValueError(f"spikes {spikes.shape} and rates {rates.shape} differ in shape")
+    n_tr, n_time, n_neurons = spikes.shape
+    if n_tr == 0 or n_time == 0 or n_neurons == 0:
+        return _message_figure("no trials, bins or neurons to show")
+    cond = np.zeros(n_tr, dtype=int) if cond_idx is None else np.asarray(cond_idx).reshape(-1)
+    if neuron_ids is None:
+        neuron_ids = np.argsort(-np.nanmean(spikes, axis=(0, 1)), kind="stable")[:4]
+    neurons = [int(n) for n in neuron_ids if 0 <= int(n) < n_neurons]
+    shown = _pick(conditions, np.unique(cond), 6)
+    if not neurons or not shown:
+        return _message_figure("no neurons or conditions to show")
+    smoothed = metrics.smooth_spikes(spikes, smooth_ms / bin_size_ms)
+    to_hz = 1000.0 / bin_size_ms
+    t = (np.arange(n_time) - event_bin + 0.5) * bin_size_ms
+    colors = _colormap("tab10")
+    fig = _new_figure(12, 2.2 * len(neurons) + 0.8)
+    axes = fig.subplots(len(neurons), 3, squeeze=False, sharex=True)
+    titles = ("smoothed spikes (single trials)", "PSTH (trial average)", "inferred rates")
+    for row, neuron in enumerate(neurons):
+        for i, c in enumerate(shown):
+            color = colors(i % 10)
+            trials = np.flatnonzero(cond == c)
+            for tr in trials:
+                axes[row, 0].plot(t, smoothed[tr, :, neuron] * to_hz, color=color, lw=0.5)
+                axes[row, 2].plot(t, rates[tr, :, neuron] * to_hz, color=color, lw=0.5)
+            psth = np.nanmean(smoothed[trials, :, neuron], axis=0) * to_hz
+            label = "all trials" if cond_idx is None else f"cond {c}"
+            axes[row, 1].plot(t, psth, color=color, lw=1.5, label=label)
+        top = max(ax.get_ylim()[1] for ax in axes[row])
+        for col in range(3):
+            axes[row, col].set_ylim(0, top)
+            axes[row, col].axvline(0.0, color="0.6", lw=0.6, ls=":")
+        axes[row, 0].set_ylabel(f"neuron {neuron}\nrate (Hz)")
+    for col, title in enumerate(titles):
+        axes[0, col].set_title(title, fontsize=10)
+        axes[-1, col].set_xlabel(f"time from {event_name} (ms)")
+    axes[0, 1].legend(loc="upper right", fontsize=7, ncols=2)
+    fig.suptitle("Single-trial inferred rates vs smoothed spikes and PSTHs")
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a PNG (dpi 110, tight bounding box) and close the figure to free its memory."""
     path = Path(path)

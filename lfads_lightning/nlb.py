@@ -136,6 +136,12 @@ def convert_nlb_tensors(
     attrs = {
         "bin_size_ms": float(bin_size_ms),
         "behavior_lag_bins": int(behavior_lag_bins),
+        # MC_Maze trials start 250 ms before movement onset: figures align to it.
+        **(
+            {"event_bin": int(round(250.0 / bin_size_ms)), "event_name": "movement onset"}
+            if name.lower() in BEHAVIOR_LAG_MS
+            else {}
+        ),
         "description": (
             f"NLB tensors '{name}' converted from {train_file}"
             + (f" and {val_file} (test = NLB val trials)" if "test" in splits else "")

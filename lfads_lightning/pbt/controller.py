@@ -122,7 +122,13 @@ class Controller:
             "launcher": self.launcher.name,
             **(extra_tags or {}),
         }
-        params = {"pbt.member": member, "pbt.generation": generation, "pbt.attempt": attempt}
+        # Lineage as a param too: MLflow's compare view shows params (and tags only per run).
+        params = {
+            "pbt.member": member,
+            "pbt.generation": generation,
+            "pbt.attempt": attempt,
+            "pbt.copied_from_member": "" if copied_from_member is None else copied_from_member,
+        }
         return tracking.create_config_run(
             cfg, self.uri, tags, parent_run_id=self.parent, extra_params=params
         )
