@@ -98,6 +98,18 @@ def wait_until_no_running(uri: str, timeout: float = 120) -> list:
         time.sleep(1)
 
 
+def assert_parent_outputs(uri: str) -> None:
+    """The parent ends with the best member's posterior metrics and outputs, and the report."""
+    parent = parent_of(uri)
+    client = MlflowClient(uri)
+    assert "posterior/valid_rate_r2" in parent.data.metrics
+    report = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert report == {"fitness_per_generation.png", "hyperparameter_evolution.png", "summary.csv"}
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "outputs")] == [
+        "outputs/lfads_output_tiny.h5"
+    ]
+
+
 def assert_complete_population(uri: str, population: int, generations: int, tmp: Path) -> None:
     """Every member has one usable final run per generation; lineage follows the decisions."""
     parent = parent_of(uri)
@@ -135,12 +147,7 @@ def test_pbt_runs_to_the_end_with_mlflow_layout(tmp_path, data_dir):
     assert_complete_population(uri, 4, 3, tmp_path)
     parent = parent_of(uri)
     client = MlflowClient(uri)
-    assert "posterior/valid_rate_r2" in parent.data.metrics
-    report = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert report == {"fitness_per_generation.png", "hyperparameter_evolution.png", "summary.csv"}
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "outputs")] == [
-        "outputs/lfads_output_tiny.h5"
-    ]
+    assert_parent_outputs(uri)
     best = client.get_run(parent.data.tags["lfads.best_run"])
     last_gen = [r for (m, g), r in final_attempts(members_of(uri)).items() if g == 2]
     assert best.data.metrics["pbt/fitness"] == min(r.data.metrics["pbt/fitness"] for r in last_gen)

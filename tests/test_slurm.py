@@ -26,6 +26,7 @@ from .helpers import TINY_MODEL, lfads
 from .test_pbt_e2e import (
     TINY_DATA,
     assert_complete_population,
+    assert_parent_outputs,
     members_of,
     parent_of,
     pbt_config,
@@ -113,14 +114,7 @@ def test_pbt_on_slurm_runs_every_member_as_a_slurm_job(tmp_path, data_dir):
     print(f"PBT 4 members x 2 generations on SLURM: {time.monotonic() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert_complete_population(uri, 4, 2, tmp_path)  # the layout the local launcher makes
-    parent = parent_of(uri)
-    client = MlflowClient(uri)
-    assert "posterior/valid_rate_r2" in parent.data.metrics
-    report = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert report == {"fitness_per_generation.png", "hyperparameter_evolution.png", "summary.csv"}
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "outputs")] == [
-        "outputs/lfads_output_tiny.h5"
-    ]
+    assert_parent_outputs(uri)
     assert all(r.data.tags["lfads.launcher"] == "slurm" for r in members_of(uri))
     jobs = member_jobs(uri)
     assert len(jobs) == 8 and len(set(jobs)) == 8
