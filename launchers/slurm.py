@@ -104,31 +104,70 @@ def parse_options(options: dict[str, Any]) -> SlurmOptions:
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
-    """The callable a SLURM job runs: the worker of one MLflow run, requeueable."""
+    """The callable a SLURM job runs: the worker of one MLflow run, requeueable.
 
-    def __init__(self, run_id: str, tracking_uri: str) -> None:
+    `spill_dir` (the launcher's log folder, which submitit needs on a shared filesystem anyway)
+    holds the checkpoint written on USR2 until the requeued job has uploaded it to MLflow.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        tracking_uri: str,
+        spill_dir: str | None = None,
+        interrupted: tuple[str, int] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
+        self.spill_dir = spill_dir
+        self.interrupted = interrupted  # (checkpoint file, epoch) left by the previous execution
 
     def __call__(self) -> int:
         from lfads_lightning import tracking
         from lfads_lightning.training import run_worker
 
-        status = tracking.client(self.tracking_uri).get_run(self.run_id).info.status
+        client = tracking.client(self.tracking_uri)
+        status = client.get_run(self.run_id).info.status
         if status != "RUNNING":  # requeued after its run closed (e.g. USR2 at the very end)
             print(f"lfads: run {self.run_id} is already {status}; nothing to do", file=sys.stderr)
             return 0
+        self._upload_interrupted(client)
         code = run_worker(self.run_id, self.tracking_uri)
         if code != 0:  # the run already says why (lfads.error); sacct shows FAILED
             raise RuntimeError(f"lfads worker for run {self.run_id} exited with code {code}")
         return code
 
+    def _upload_interrupted(self, client: Any) -> None:
+        from lfads_lightning.pbt.member import upload_interrupted_member
+
+        if self.interrupted is None or not Path(self.interrupted[0]).is_file():
+            return
+        path, epoch = Path(self.interrupted[0]), self.interrupted[1]
+        try:
+            upload_interrupted_member(client, self.run_id, path, epoch)
+        except Exception as err:  # noqa: BLE001 - the member can still redo its generation
+            print(
+                f"lfads: could not upload the checkpoint saved at preemption ({err}); "
+                f"the member starts its generation again",
+                file=sys.stderr,
+            )
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on USR2 (preemption, time limit): keep progress, then requeue."""
         from lfads_lightning.pbt.member import save_interrupted_member
 
-        save_interrupted_member()
-        return submitit.helpers.DelayedSubmission(WorkerJob(self.run_id, self.tracking_uri))
+        interrupted = self.interrupted
+        if self.spill_dir is not None:
+            dest = Path(self.spill_dir) / "interrupted" / self.run_id / "last.ckpt"
+            try:
+                epoch = save_interrupted_member(dest)
+            except Exception as err:  # noqa: BLE001 - never stop the requeue itself
+                print(f"lfads: could not save the member at preemption: {err}", file=sys.stderr)
+                epoch = None
+            if epoch is not None:
+                interrupted = (str(dest), epoch)
+        job = WorkerJob(self.run_id, self.tracking_uri, self.spill_dir, interrupted)
+        return submitit.helpers.DelayedSubmission(job)
 
 
 class SlurmLauncher(Launcher):
@@ -226,11 +265,12 @@ class SlurmLauncher(Launcher):
         if not run_ids:
             return []
         executor = self._executor(threads)
+        spill = str(self.log_dir)
         jobs = []
         try:
             with executor.batch():
                 for run_id in run_ids:
-                    jobs.append(executor.submit(WorkerJob(run_id, tracking_uri)))
+                    jobs.append(executor.submit(WorkerJob(run_id, tracking_uri, spill)))
         except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as err:
             first = (str(err).strip().splitlines() or ["(no message)"])[0]
             raise ConfigError(

@@ -31,3 +31,32 @@ def lfads(
         text=True,
         timeout=timeout,
     )
+
+
+def member_run_config(tmp_path: Path, data_dir: Path) -> tuple[str, object]:
+    """A tracking store and the config of a tiny member run (`data_dir` holds tiny.h5)."""
+    from lfads_lightning import tracking
+    from lfads_lightning.config import load_config
+
+    (tmp_path / "tiny.h5").symlink_to(data_dir / "tiny.h5")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.check_store(uri)
+    cfg = load_config(
+        None,
+        [f"data.paths=[{tmp_path / 'tiny.h5'}]", "data.synth=null", "data.batch_size=8"]
+        + [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
+        + ["train.progress_bar=false", "train.threads=1", "tracking.experiment=member"],
+    )
+    return uri, cfg
+
+
+def member_tags(target_epoch: int) -> dict[str, str]:
+    return {
+        "kind": "pbt_member",
+        "member": "0",
+        "generation": "0",
+        "attempt": "0",
+        "state": "queued",
+        "hparams": "{}",
+        "target_epoch": str(target_epoch),
+    }

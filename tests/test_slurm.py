@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from launchers import JobState, get_launcher
 from lfads_lightning import tracking
 
-from .helpers import TINY_MODEL, lfads
+from .helpers import TINY_MODEL, lfads, member_run_config, member_tags
 from .test_pbt_e2e import (
     TINY_DATA,
     assert_complete_population,
@@ -212,34 +212,6 @@ def test_fit_on_slurm(tmp_path, data_dir):
     logs = list((tmp_path / "lfads_output" / "slurm").glob("*/*_log.out"))
     assert len(logs) == 1
     assert sacct([logs[0].parent.name]) == {logs[0].parent.name: "COMPLETED"}
-
-
-def member_run_config(tmp_path: Path, data_dir: Path) -> tuple[str, object]:
-    """A tracking store and the config of a tiny member run."""
-    from lfads_lightning.config import load_config
-
-    (tmp_path / "tiny.h5").symlink_to(data_dir / "tiny.h5")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.check_store(uri)
-    cfg = load_config(
-        None,
-        [f"data.paths=[{tmp_path / 'tiny.h5'}]", "data.synth=null", "data.batch_size=8"]
-        + [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
-        + ["train.progress_bar=false", "train.threads=1", "tracking.experiment=member"],
-    )
-    return uri, cfg
-
-
-def member_tags(target_epoch: int) -> dict[str, str]:
-    return {
-        "kind": "pbt_member",
-        "member": "0",
-        "generation": "0",
-        "attempt": "0",
-        "state": "queued",
-        "hparams": "{}",
-        "target_epoch": str(target_epoch),
-    }
 
 
 def test_preempted_member_requeues_from_its_own_checkpoint(tmp_path, data_dir):

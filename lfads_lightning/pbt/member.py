@@ -28,19 +28,35 @@ CHECKPOINT_ARTIFACT = "checkpoints/last.ckpt"
 _ACTIVE: dict[str, Any] = {}
 
 
-def save_interrupted_member() -> bool:
-    """Log the training member's state as its own checkpoint artifact, so that a requeued job
-    (preemption, time limit) resumes there instead of redoing the generation. Called from the
-    SLURM launcher's checkpoint hook; False when no member is training in this process."""
+def save_interrupted_member(dest: Path) -> int | None:
+    """Write the training member's state to `dest` and return its epoch (None: no member is
+    training here). Called from a signal handler (SLURM's USR2 before preemption or the time
+    limit), so it only writes a local file: the interrupted main thread may be halfway through
+    an MLflow write (an sqlite store is then locked) or through Lightning's own checkpoint save,
+    and neither may be re-entered. The requeued job uploads the file (upload_interrupted_member).
+    """
+    import torch
+
     trainer = _ACTIVE.get("trainer")
     if trainer is None:
-        return False
-    client, run_id = _ACTIVE["client"], _ACTIVE["run_id"]
-    path = Path(_ACTIVE["work"]) / "last.ckpt"
-    trainer.save_checkpoint(path)
-    client.log_artifact(run_id, str(path), "checkpoints")
-    client.set_tag(run_id, P + "interrupted_at_epoch", str(trainer.current_epoch))
-    return True
+        return None
+    # What trainer.save_checkpoint writes, without its fsspec transaction (not re-entrant).
+    state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, dest)
+    return int(trainer.current_epoch)
+
+
+def upload_interrupted_member(client: Any, run_id: str, path: Path, epoch: int) -> None:
+    """Make a checkpoint saved by save_interrupted_member the run's own checkpoint artifact,
+    which train_member resumes from; the local file goes once MLflow has it."""
+    if path.name != Path(CHECKPOINT_ARTIFACT).name:
+        raise ValueError(f"an interrupted member's checkpoint must be named last.ckpt: {path}")
+    client.log_artifact(run_id, str(path), str(Path(CHECKPOINT_ARTIFACT).parent))
+    client.set_tag(run_id, P + "interrupted_at_epoch", str(epoch))
+    path.unlink()
 
 
 def _own_checkpoint(client: Any, run_id: str, work: str) -> str | None:
