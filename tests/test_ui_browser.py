@@ -202,11 +202,76 @@ def test_compare_view_lists_members_with_co_bps(pbt_run, ui_url, browser):
     lineage = [r.data.params["pbt.copied_from_member"] for r in members]
     assert row_cells(browser, "pbt.copied_from_member", 3) == lineage
     if os.environ.get("LFADS_UI_SCREENSHOT"):
-        # Freshly loaded (the row lookups above scrolled the grids): the compare view's top.
-        browser.refresh()
-        _wait(browser, lambda: "Comparing 3 Runs" in browser.find_element("tag name", "body").text)
-        time.sleep(3)
-        browser.save_screenshot(os.environ["LFADS_UI_SCREENSHOT"])
+        save_screenshot_at_row(browser, "valid/co_bps", os.environ["LFADS_UI_SCREENSHOT"])
+
+
+def save_screenshot_at_row(driver, name: str, path: str) -> None:
+    """A docs screenshot from the run names down to the metrics grid, wheel-scrolled (as a
+    user does) until the row `name` is in view, cropped to the compare view."""
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    driver.set_window_size(1500, 2600)  # tall enough for run details, params and metrics
+    driver.refresh()
+    _wait(driver, lambda: "Comparing 3 Runs" in driver.find_element("tag name", "body").text)
+    time.sleep(2)
+    details = driver.execute_script(FIND + "return find('Run details');")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", details)
+    metrics = driver.execute_script(FIND + "return find('Metrics');")
+    # The metrics' two grids are the first after the header; the values grid is the wider.
+    names_grid, grid = driver.execute_script(
+        """
+const grids = [...document.querySelectorAll('.ReactVirtualized__Grid')].filter(
+  g => arguments[0].compareDocumentPosition(g) & Node.DOCUMENT_POSITION_FOLLOWING).slice(0, 2);
+return grids.sort((a, b) => a.getBoundingClientRect().width - b.getBoundingClientRect().width);
+""",
+        metrics,
+    )
+    for _ in range(40):
+        visible = driver.execute_script(
+            FIND
+            + """
+const el = find(arguments[0]); if (!el) return false;
+const r = el.getBoundingClientRect(), g = arguments[1].getBoundingClientRect();
+return r.top > g.top + 40 && r.bottom < g.bottom - 60;""",
+            name,
+            grid,
+        )
+        if visible:
+            break
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(grid), 0, 45).perform()
+        time.sleep(0.3)
+    # The UI syncs the names grid one wheel event late (seen: names 45 px = one row behind the
+    # values, so each name sat beside the next metric's values): align it before the picture.
+    driver.execute_script(
+        "arguments[0].scrollTop = arguments[1].scrollTop;"
+        "arguments[0].dispatchEvent(new Event('scroll'));",
+        names_grid,
+        grid,
+    )
+    time.sleep(2)
+    aligned = driver.execute_script(
+        """
+const top = (g) => Object.fromEntries([...g.querySelectorAll('[style*="top"]')].map(
+  c => [c.style.top, Math.round(c.getBoundingClientRect().top)]));
+const names = top(arguments[0]), values = top(arguments[1]);
+return Object.keys(names).every(k => !(k in values) || names[k] === values[k]);
+""",
+        names_grid,
+        grid,
+    )
+    assert aligned, "metric names and values are not side by side; no screenshot taken"
+    driver.save_screenshot(path)
+    box = driver.execute_script(
+        "const d = arguments[0].getBoundingClientRect(), g = arguments[1].getBoundingClientRect();"
+        "return [d.left - 30, d.top - 10, g.right + 10, g.bottom + 10];",
+        details,
+        grid,
+    )
+    ratio = driver.execute_script("return window.devicePixelRatio;") or 1
+    with Image.open(path) as image:
+        image.crop(tuple(round(v * ratio) for v in box)).save(path, optimize=True)
 
 
 def test_runs_table_nests_members_under_parent(pbt_run, ui_url, browser):
