@@ -89,6 +89,10 @@ class Launcher(ABC):
         """Verify the options against the backend before any run exists (e.g. sbatch --test-only,
         so a wrong partition fails at once, not after runs were created); no-op by default."""
 
+    def adopt(self, handle: JobHandle, tracking_uri: str) -> None:  # noqa: B027
+        """Take charge of a job a previous controller submitted (`--resume`), so that this
+        launcher also cleans it up when it ends; no-op where nothing needs cleaning."""
+
     def close(self) -> None:  # noqa: B027
         """Release what the launcher holds (idle workers, API clients); running jobs go on."""
 

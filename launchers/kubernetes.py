@@ -121,6 +121,11 @@ class KubernetesLauncher(Launcher):
         self._live[job_id] = (run_id, tracking_uri)
         return JobHandle(self.name, job_id, run_id, {"namespace": ns, "name": name})
 
+    def adopt(self, handle: JobHandle, tracking_uri: str) -> None:
+        """A Job from before a controller restart: swept like the ones submitted here."""
+        ns, name = _where(handle)
+        self._live.setdefault(f"{ns}/{name}", (handle.run_id, tracking_uri))
+
     def submit_many(
         self, run_ids: list[str], tracking_uri: str, threads: int | None = None
     ) -> list[JobHandle]:

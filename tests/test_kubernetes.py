@@ -9,6 +9,7 @@ tests_k8s`, which starts the cluster; without it these tests fail.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -161,6 +162,32 @@ def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_di
     assert failed_job in recorder.failed_pods  # the Job controller counted a failed pod
     assert_every_member_was_a_job(server, recorder)
     parent = parent_of(server).info.run_id
+    assert recorder.wait_cleaned(f"lfads.io/pbt-run={parent}") == ([], [])
+
+
+def test_killed_controller_resumes_and_adopts_running_jobs(tmp_path, data_dir, server):  # noqa: F811
+    """The controller is SIGKILLed right after submitting generation 0; `lfads pbt --resume`
+    finds the four Jobs through the members' `lfads.job` tags and waits for them: no
+    duplicate Job, the population finishes, nothing is left in the cluster."""
+    root, _ = project(tmp_path, data_dir, {})
+    write_config(root, pbt_config(population=4, generations=1, concurrency=0))
+    recorder = JobRecorder()
+    killed = lfads(
+        "pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root,
+        env={"LFADS_TEST_KILL_AT": "after_submit:0"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    parent = parent_of(server).info.run_id
+    submitted = {json.loads(r.data.tags["lfads.job"])["name"] for r in members_of(server)}
+    assert len(submitted) == 4
+    jobs, _ = recorder.remaining(f"lfads.io/pbt-run={parent}")
+    assert set(jobs) == submitted, "the Jobs should outlive the killed controller"
+    resumed = lfads("pbt", "--resume", parent, "--tracking-uri", server, cwd=root)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "adopting" in resumed.stderr
+    assert_complete_population(server, 4, 1, tmp_path)
+    assert len(members_of(server)) == 4 and set(recorder.jobs) == submitted  # no duplicates
+    assert_every_member_was_a_job(server, recorder)
     assert recorder.wait_cleaned(f"lfads.io/pbt-run={parent}") == ([], [])
 
 

@@ -223,6 +223,9 @@ class Controller:
         }
         if running:
             self._log(f"generation {generation}: adopting {len(running)} running member job(s)")
+        for m in latest.values():  # also the jobs that ended while no controller was running
+            if m.job.get("job_id") and m.job.get("launcher") == self.launcher.name:
+                self.launcher.adopt(self._handle(m), self.uri)
         n_done = sum(1 for m in latest.values() if m.done)
         self._log(
             f"generation {generation}: {n_done}/{len(latest)} done, {len(pending)} to run (target epoch {target_epoch(self.pbt, generation)})"
