@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import TINY_DATA, lfads
 from .mlflow_server import mlflow_server
 
 
@@ -31,3 +32,12 @@ def mlflow_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             f"\nmlflow server {uri} healthy after {time.monotonic() - t0:.1f} s (state in {workdir})"
         )
         yield uri
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding tiny.h5 (TINY_DATA, seed 5) for the end-to-end PBT and member tests."""
+    root = tmp_path_factory.mktemp("tinydata")
+    proc = lfads("data", "synth", "lorenz", "tiny.h5", "--seed", "5", *TINY_DATA, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root

@@ -19,6 +19,10 @@ TINY_MODEL = {
 }
 
 
+# A synthetic Lorenz dataset small enough for end-to-end tests (`lfads data synth lorenz`).
+TINY_DATA = ["n_conditions=4", "trials_per_condition=5", "n_steps=16", "n_neurons=8"]
+
+
 def lfads(
     *args: str, cwd: Path, env: dict | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:

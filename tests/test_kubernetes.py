@@ -25,7 +25,6 @@ from .k8s_helpers import apis, kube_options
 from .mlflow_server import mlflow_server
 from .test_pbt_e2e import (
     assert_complete_population,
-    data_dir,  # noqa: F401 - module fixture
     members_of,
     parent_of,
     pbt_config,
@@ -98,7 +97,7 @@ def assert_every_member_was_a_job(uri: str, recorder: JobRecorder) -> None:
         assert labels["lfads.io/attempt"] == tags["lfads.attempt"]
 
 
-def test_pbt_on_kubernetes_finishes_with_the_local_layout(tmp_path, data_dir, server):  # noqa: F811
+def test_pbt_on_kubernetes_finishes_with_the_local_layout(tmp_path, data_dir, server):
     root, _ = project(tmp_path, data_dir, {})
     write_config(root, pbt_config(population=4, generations=2))
     recorder = JobRecorder()
@@ -118,7 +117,7 @@ def test_pbt_on_kubernetes_finishes_with_the_local_layout(tmp_path, data_dir, se
     assert left == ([], []), f"Jobs/pods left behind: {left}"
 
 
-def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_dir, server):  # noqa: F811
+def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_dir, server):
     """Member 1's first pod exits 3 (Job Failed); member 0's first Job hangs and is deleted
     with kubectl-like Background propagation by someone else. Both are retried and finish."""
     root, _ = project(tmp_path, data_dir, {})
@@ -165,7 +164,7 @@ def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_di
     assert recorder.wait_cleaned(f"lfads.io/pbt-run={parent}") == ([], [])
 
 
-def test_killed_controller_resumes_and_adopts_running_jobs(tmp_path, data_dir, server):  # noqa: F811
+def test_killed_controller_resumes_and_adopts_running_jobs(tmp_path, data_dir, server):
     """The controller is SIGKILLed right after submitting generation 0; `lfads pbt --resume`
     finds the four Jobs through the members' `lfads.job` tags and waits for them: no
     duplicate Job, the population finishes, nothing is left in the cluster."""

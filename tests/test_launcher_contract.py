@@ -19,6 +19,7 @@ from lfads_lightning import tracking
 from lfads_lightning.config import LfadsConfig
 from lfads_lightning.synth import make_dataset
 
+from .helpers import member_tags
 from .k8s_helpers import kube_options
 
 LAUNCHERS = {
@@ -111,16 +112,7 @@ def test_failing_job(launcher, store, tmp_path):
 def test_cancel_a_running_job(launcher, store):
     """A member job told to hang (test fault) runs until cancelled."""
     uri, cfg = store
-    tags = {
-        "kind": "pbt_member",
-        "member": "0",
-        "generation": "0",
-        "attempt": "0",
-        "state": "queued",
-        "hparams": "{}",
-        "target_epoch": "1",
-        "test_fault": "hang",
-    }
+    tags = {**member_tags(target_epoch=1), "test_fault": "hang"}
     run_id = tracking.create_config_run(cfg, uri, tags)
     handle = launcher.submit(run_id, uri, threads=1)
     client = MlflowClient(uri)

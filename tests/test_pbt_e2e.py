@@ -18,8 +18,6 @@ from mlflow import MlflowClient
 
 from .helpers import TINY_MODEL, lfads
 
-TINY_DATA = ["n_conditions=4", "trials_per_condition=5", "n_steps=16", "n_neurons=8"]
-
 
 def pbt_config(population: int = 4, generations: int = 3, **pbt) -> dict:
     return {
@@ -39,14 +37,6 @@ def pbt_config(population: int = 4, generations: int = 3, **pbt) -> dict:
             **pbt,
         },
     }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pbtdata")
-    proc = lfads("data", "synth", "lorenz", "tiny.h5", "--seed", "5", *TINY_DATA, cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root
 
 
 def project(tmp_path: Path, data_dir: Path, config: dict) -> tuple[Path, str]:

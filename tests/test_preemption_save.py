@@ -21,8 +21,7 @@ from mlflow import MlflowClient
 
 from lfads_lightning import tracking
 
-from .helpers import lfads, member_run_config, member_tags
-from .test_pbt_e2e import TINY_DATA
+from .helpers import member_run_config, member_tags
 
 CHILD = """
 import pickle, signal, sys
@@ -51,14 +50,6 @@ code = job()
 signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # the parent may still be signalling
 sys.exit(code)
 """
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("preemptdata")
-    proc = lfads("data", "synth", "lorenz", "tiny.h5", "--seed", "5", *TINY_DATA, cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root
 
 
 def start_member(tmp_path: Path, data_dir: Path, target_epoch: int, exit_on_signal: bool):

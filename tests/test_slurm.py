@@ -24,7 +24,6 @@ from lfads_lightning import tracking
 
 from .helpers import TINY_MODEL, lfads, member_run_config, member_tags
 from .test_pbt_e2e import (
-    TINY_DATA,
     assert_complete_population,
     assert_parent_outputs,
     members_of,
@@ -54,14 +53,6 @@ def cluster() -> None:
         f"SLURM is not ready ({out.stdout.strip()} {out.stderr.strip()}): "
         "run tools/slurm_cluster.sh start (as root)"
     )
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("slurmdata")
-    proc = lfads("data", "synth", "lorenz", "tiny.h5", "--seed", "5", *TINY_DATA, cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root
 
 
 def project(tmp_path: Path, data_dir: Path, config: dict) -> str:

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from .helpers import lfads
+from .helpers import TINY_DATA, lfads
 from .mlflow_server import _healthy, _stop, free_port
-from .test_pbt_e2e import TINY_DATA, pbt_config
+from .test_pbt_e2e import pbt_config
 
 pytestmark = pytest.mark.browser
 webdriver = pytest.importorskip("selenium.webdriver")
