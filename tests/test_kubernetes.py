@@ -9,7 +9,6 @@ tests_k8s`, which starts the cluster; without it these tests fail.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from .test_pbt_e2e import (
     members_of,
     parent_of,
     pbt_config,
+    pbt_killed_at,
     project,
 )
 
@@ -171,11 +171,9 @@ def test_killed_controller_resumes_and_adopts_running_jobs(tmp_path, data_dir, s
     root, _ = project(tmp_path, data_dir, {})
     write_config(root, pbt_config(population=4, generations=1, concurrency=0))
     recorder = JobRecorder()
-    killed = lfads(
-        "pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root,
-        env={"LFADS_TEST_KILL_AT": "after_submit:0"},
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    pbt_killed_at(
+        "after_submit:0", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root
+    )
     parent = parent_of(server).info.run_id
     submitted = {json.loads(r.data.tags["lfads.job"])["name"] for r in members_of(server)}
     assert len(submitted) == 4

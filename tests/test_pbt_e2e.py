@@ -45,6 +45,12 @@ def project(tmp_path: Path, data_dir: Path, config: dict) -> tuple[Path, str]:
     return tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def pbt_killed_at(kill_at: str, *args: str, cwd: Path, env: dict | None = None) -> None:
+    """`lfads pbt ARGS` with the controller SIGKILLed at a test kill point (LFADS_TEST_KILL_AT)."""
+    killed = lfads("pbt", *args, cwd=cwd, env={**(env or {}), "LFADS_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
 def all_runs(uri: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("pbt")
@@ -190,15 +196,7 @@ def test_failed_members_are_retried_then_replaced(tmp_path, data_dir):
 def test_sigkilled_controller_resumes_to_the_same_population(tmp_path, data_dir, kill_at):
     root, uri = project(tmp_path, data_dir, pbt_config(generations=2))
     env = {"MLFLOW_TRACKING_URI": uri}
-    killed = lfads(
-        "pbt",
-        "--launcher",
-        "local",
-        "pbt.yaml",
-        cwd=root,
-        env={**env, "LFADS_TEST_KILL_AT": kill_at},
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    pbt_killed_at(kill_at, "--launcher", "local", "pbt.yaml", cwd=root, env=env)
     parent_id = parent_of(uri).info.run_id
     assert parent_of(uri).info.status == "RUNNING"
     resumed = lfads("pbt", "--resume", parent_id, cwd=root, env=env)
@@ -218,15 +216,7 @@ def test_sigkilled_controller_resumes_to_the_same_population(tmp_path, data_dir,
 def test_rerunning_the_same_command_resumes(tmp_path, data_dir):
     root, uri = project(tmp_path, data_dir, pbt_config(generations=2))
     env = {"MLFLOW_TRACKING_URI": uri}
-    killed = lfads(
-        "pbt",
-        "--launcher",
-        "local",
-        "pbt.yaml",
-        cwd=root,
-        env={**env, "LFADS_TEST_KILL_AT": "after_decisions:0"},
-    )
-    assert killed.returncode == -signal.SIGKILL
+    pbt_killed_at("after_decisions:0", "--launcher", "local", "pbt.yaml", cwd=root, env=env)
     again = lfads("pbt", "--launcher", "local", "pbt.yaml", cwd=root, env=env)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "resuming unfinished PBT run" in again.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from .test_pbt_e2e import (
     members_of,
     parent_of,
     pbt_config,
+    pbt_killed_at,
     wait_until_no_running,
 )
 
@@ -160,15 +160,7 @@ def test_scancel_of_a_running_member_is_retried(tmp_path, data_dir):
 def test_killed_controller_adopts_running_slurm_jobs(tmp_path, data_dir):
     uri = project(tmp_path, data_dir, pbt_config(population=4, generations=1, concurrency=0))
     env = {"MLFLOW_TRACKING_URI": uri}
-    killed = lfads(
-        "pbt",
-        "--launcher",
-        "slurm",
-        "pbt.yaml",
-        cwd=tmp_path,
-        env={**env, "LFADS_TEST_KILL_AT": "after_submit:0"},
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    pbt_killed_at("after_submit:0", "--launcher", "slurm", "pbt.yaml", cwd=tmp_path, env=env)
     submitted = member_jobs(uri)
     assert len(submitted) == 4
     assert queued(submitted), "the jobs should outlive the killed controller"
