@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from lfads_lightning import tracking
 from lfads_lightning.config import load_config
 from lfads_lightning.pbt.config import PbtConfig
 from lfads_lightning.pbt.controller import Controller
-from lfads_lightning.pbt.run import create_parent
-from lfads_lightning.pbt.state import latest_attempts, load_members
+from lfads_lightning.pbt.experiment import create_parent
+from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import latest_attempts, load_members
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "mc_maze_small"
@@ -44,7 +44,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pbt-"))
     data = Path(args.data) if args.data else work / "mc_maze_small.h5"
     if not data.exists():
-        from lfads_lightning.nlb import convert_nlb_tensors
+        from lfads_lightning.data.nlb import convert_nlb_tensors
 
         convert_nlb_tensors(SHARED, data)
     cfg = load_config(

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lfads_lightning import tracking
+from lfads_lightning.data.synth import make_dataset
 from lfads_lightning.pbt.config import load_pbt_config
-from lfads_lightning.pbt.run import run_pbt
-from lfads_lightning.synth import make_dataset
+from lfads_lightning.pbt.experiment import run_pbt
+from lfads_lightning.runs import tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 

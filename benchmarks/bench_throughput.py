@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lfads_lightning.config import ModelConfig
-from lfads_lightning.core import LFADS
+from lfads_lightning.model.network import LFADS
 
 ENC_DIM, RECON_DIM, T_OBS, T_FWD = 107, 142, 140, 40
 DIMS = dict(

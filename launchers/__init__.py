@@ -1,11 +1,23 @@
-"""Launcher plugins: run a member's worker job somewhere (local processes, SLURM, Kubernetes).
+"""Launcher plugins: run a worker job somewhere (local processes, SLURM, Kubernetes).
 
-Backends are imported lazily by `get_launcher`, so heavy clients (submitit, kubernetes) cost
-nothing unless used.
+A launcher is given a job spec (run id, tracking URI, command, threads, resources, labels, log
+folder) and nothing else: this package imports nothing from `lfads_lightning`. Backends are
+imported lazily by `get_launcher`, so heavy clients (submitit, kubernetes) cost nothing unless
+used.
 """
 
 from __future__ import annotations
 
-from .base import JobHandle, JobState, Launcher, get_launcher, worker_command
+from launchers.base import JobHandle, JobState, Launcher, worker_command
+from launchers.errors import LauncherError
+from launchers.registry import LAUNCHER_NAMES, get_launcher
 
-__all__ = ["JobHandle", "JobState", "Launcher", "get_launcher", "worker_command"]
+__all__ = [
+    "LAUNCHER_NAMES",
+    "JobHandle",
+    "JobState",
+    "Launcher",
+    "LauncherError",
+    "get_launcher",
+    "worker_command",
+]

@@ -7,16 +7,12 @@ A worker job is the same on every backend: `python -m lfads_lightning worker --r
 from __future__ import annotations
 
 import enum
-import importlib
-import inspect
 import os
 import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
-
-from lfads_lightning.errors import ConfigError
 
 
 class JobState(enum.StrEnum):
@@ -115,37 +111,3 @@ class Launcher(ABC):
             if deadline is not None and time.monotonic() > deadline:
                 return state
             time.sleep(poll_interval)
-
-
-_BACKENDS = {
-    "local": "launchers.local:LocalLauncher",
-    "slurm": "launchers.slurm:SlurmLauncher",
-    "kubernetes": "launchers.kubernetes:KubernetesLauncher",
-}
-
-
-def get_launcher(name: str, **options: Any) -> Launcher:
-    if name not in _BACKENDS:
-        raise ConfigError(f"unknown launcher {name!r}; valid launchers: {', '.join(_BACKENDS)}")
-    module_name, cls_name = _BACKENDS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            raise ConfigError(
-                f"launcher {name!r} is not implemented in this version; use --launcher local"
-            ) from None
-        raise ConfigError(
-            f"launcher {name!r} needs the package {err.name!r}; install it or use --launcher local"
-        ) from None
-    cls = getattr(module, cls_name)
-    try:
-        return cls(**options)
-    except TypeError as err:  # an option the backend's constructor does not take
-        if "unexpected keyword argument" not in str(err):
-            raise
-        bad = str(err).rsplit(" ", 1)[-1].strip("'")
-        valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "log_dir")]
-        raise ConfigError(
-            f"unknown option '{name}.{bad}' for launcher {name!r}; valid options: {', '.join(valid)}"
-        ) from None

@@ -324,7 +324,7 @@ def dry_run_yaml(
     appear only as references (secretKeyRef), as in the real manifests."""
     import yaml
 
-    from lfads_lightning import tracking
+    from lfads_lightning.runs import tracking
 
     if launcher != "kubernetes":
         raise ConfigError("--dry-run prints Kubernetes Jobs; use it with --launcher kubernetes")

@@ -169,7 +169,7 @@ class KubernetesLauncher(Launcher):
         adopts them)."""
         if not self.options.delete_finished:
             return
-        from lfads_lightning import tracking
+        from lfads_lightning.runs import tracking
 
         deadline = time.monotonic() + wait
         while self._live:
@@ -247,7 +247,7 @@ def _where(handle: JobHandle) -> tuple[str, str]:
 
 def _run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
     """The MLflow run's tags (member, generation, parent), for the Job's labels."""
-    from lfads_lightning import tracking
+    from lfads_lightning.runs import tracking
 
     try:
         return dict(tracking.client(tracking_uri).get_run(run_id).data.tags)

@@ -1,6 +1,6 @@
 """SLURM launcher: each worker job is a submitit job; a batch of members is one job array.
 
-The job runs `lfads_lightning.training.run_worker` for one MLflow run id (what `lfads worker`
+The job runs `lfads_lightning.worker.fit.run_worker` for one MLflow run id (what `lfads worker`
 runs), in the submitit process itself, so a preemption signal reaches the training loop: the
 callable's `checkpoint()` saves the member's state to MLflow and submitit requeues the job
 (submitit owns requeue; Lightning's SLURM auto-requeue is off in `training.make_trainer`).
@@ -123,8 +123,8 @@ class WorkerJob(submitit.helpers.Checkpointable):
         self.interrupted = interrupted  # (checkpoint file, epoch) left by the previous execution
 
     def __call__(self) -> int:
-        from lfads_lightning import tracking
-        from lfads_lightning.training import run_worker
+        from lfads_lightning.runs import tracking
+        from lfads_lightning.worker.entry import run_worker
 
         client = tracking.client(self.tracking_uri)
         status = client.get_run(self.run_id).info.status
@@ -138,7 +138,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
         return code
 
     def _upload_interrupted(self, client: Any) -> None:
-        from lfads_lightning.pbt.member import upload_interrupted_member
+        from lfads_lightning.worker.member import upload_interrupted_member
 
         if self.interrupted is None or not Path(self.interrupted[0]).is_file():
             return
@@ -154,7 +154,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on USR2 (preemption, time limit): keep progress, then requeue."""
-        from lfads_lightning.pbt.member import save_interrupted_member
+        from lfads_lightning.worker.member import save_interrupted_member
 
         interrupted = self.interrupted
         if self.spill_dir is not None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from launchers.registry import LAUNCHER_NAMES
+from lfads_lightning.errors import ConfigError
 
 RECON_DISTRIBUTIONS = ("poisson", "gaussian", "gamma", "zig", "mse")
 
@@ -327,8 +328,9 @@ def validate(cfg: LfadsConfig) -> LfadsConfig:
     return cfg
 
 
-# Sections a config file may carry for the launchers; each backend validates its own section.
-LAUNCHER_SECTIONS = ("local", "slurm", "kubernetes")
+# Sections a config file may carry for the launchers (one per launcher name, from the launcher
+# registry); each backend validates its own section.
+LAUNCHER_SECTIONS = LAUNCHER_NAMES
 
 
 def pop_launcher_sections(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

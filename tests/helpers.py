@@ -39,8 +39,8 @@ def lfads(
 
 def member_run_config(tmp_path: Path, data_dir: Path) -> tuple[str, object]:
     """A tracking store and the config of a tiny member run (`data_dir` holds tiny.h5)."""
-    from lfads_lightning import tracking
     from lfads_lightning.config import load_config
+    from lfads_lightning.runs import tracking
 
     (tmp_path / "tiny.h5").symlink_to(data_dir / "tiny.h5")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

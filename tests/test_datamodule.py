@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lfads_lightning.datamodule import Batch, LfadsDataModule
+from lfads_lightning.data.datamodule import Batch, LfadsDataModule
+from lfads_lightning.data.synth import make_dataset
 from lfads_lightning.errors import DataError
-from lfads_lightning.synth import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_split_loader_order_and_errors(two_sessions):
 
 
 def test_test_split_without_recon_is_nan(tmp_path):
-    from lfads_lightning.h5data import write_session
+    from lfads_lightning.data.format import write_session
 
     rng = np.random.default_rng(0)
     rec = rng.poisson(1.0, size=(10, 8, 4)).astype(np.float32)

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from lfads_lightning import evaluate, metrics
 from lfads_lightning.cli import main
-from lfads_lightning.h5data import write_session
-from lfads_lightning.sampling import write_output
+from lfads_lightning.data.format import write_session
+from lfads_lightning.evaluation import evaluate, metrics
+from lfads_lightning.worker.sampling import write_output
 
 from .helpers import TINY_MODEL, lfads
 

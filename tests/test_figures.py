@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfads_lightning import figures
+from lfads_lightning.evaluation import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lfads_lightning import h5data
+from lfads_lightning.data import format as h5data
+from lfads_lightning.data.format import load_session, write_session
 from lfads_lightning.errors import DataError
-from lfads_lightning.h5data import load_session, write_session
 
 N_TR, N_VA, N_TE, T_ENC, T_REC, C_ENC, C_REC = 8, 4, 3, 6, 9, 5, 7
 

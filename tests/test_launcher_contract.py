@@ -15,9 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from launchers import JobState, get_launcher
-from lfads_lightning import tracking
 from lfads_lightning.config import LfadsConfig
-from lfads_lightning.synth import make_dataset
+from lfads_lightning.data.synth import make_dataset
+from lfads_lightning.runs import tracking
 
 from .helpers import member_tags
 from .k8s_helpers import kube_options

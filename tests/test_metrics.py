@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lfads_lightning import metrics
+from lfads_lightning.evaluation import metrics
 
 # ---------------------------------------------------------------------------- Poisson NLL
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from lfads_lightning.config import ModelConfig
-from lfads_lightning.core import LFADS, NormalizedLinear, lag_ci_states
-from lfads_lightning.gru import BidirectionalClippedGRU, ClippedGRUCell
-from lfads_lightning.module import (
+from lfads_lightning.model.gru import BidirectionalClippedGRU, ClippedGRUCell
+from lfads_lightning.model.module import (
     apply_gradient_mask,
     cd_gradient_mask,
     coordinated_dropout,
     l2_penalty,
     ramp_value,
 )
-from lfads_lightning.priors import AutoregressivePrior, GaussianICPrior, diagonal_gaussian_kl
-from lfads_lightning.recon import make_reconstruction
+from lfads_lightning.model.network import LFADS, NormalizedLinear, lag_ci_states
+from lfads_lightning.model.priors import AutoregressivePrior, GaussianICPrior, diagonal_gaussian_kl
+from lfads_lightning.model.recon import make_reconstruction
 
 
 def sigmoid(x):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lfads_lightning.config import LfadsConfig
-from lfads_lightning.datamodule import LfadsDataModule
-from lfads_lightning.h5data import write_session
-from lfads_lightning.synth import make_dataset
-from lfads_lightning.training import build_module
+from lfads_lightning.data.datamodule import LfadsDataModule
+from lfads_lightning.data.format import write_session
+from lfads_lightning.data.synth import make_dataset
+from lfads_lightning.worker.setup import build_module
 
 SMALL = dict(ic_enc_dim=6, ci_enc_dim=4, con_dim=4, co_dim=2, ic_dim=3, gen_dim=8, fac_dim=3)
 

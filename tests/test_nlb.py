@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
+from lfads_lightning.data.format import load_session
+from lfads_lightning.data.nlb import convert_nlb_tensors
 from lfads_lightning.errors import DataError
-from lfads_lightning.h5data import load_session
-from lfads_lightning.nlb import convert_nlb_tensors
 
 SRC = Path("/work/shared/data/mc_maze_small")
 needs_data = pytest.mark.skipif(

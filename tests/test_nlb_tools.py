@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lfads_lightning import evaluate, metrics
-from lfads_lightning.nlb import convert_nlb_tensors
-from lfads_lightning.sampling import write_output
+from lfads_lightning.data.nlb import convert_nlb_tensors
+from lfads_lightning.evaluation import evaluate, metrics
+from lfads_lightning.worker.sampling import write_output
 
 nlb_eval = pytest.importorskip("nlb_tools.evaluation")
 pytestmark = pytest.mark.nlb_tools

@@ -60,7 +60,7 @@ def test_nwb_to_session_file_by_hand(tmp_path):
     make_nwb(src)
     out = tmp_path / "tiny.h5"
     # Window -20..+30 ms = 5 bins of 10 ms, and 2 forward bins: override the MC_Maze defaults.
-    from lfads_lightning.nwb import convert_nlb_nwb
+    from lfads_lightning.data.nwb import convert_nlb_nwb
 
     convert_nlb_nwb(src, out, start_ms=-20, end_ms=30, forward_ms=20, bin_size_ms=10,
                     behavior_lag_ms=20, valid_every=5)  # fmt: skip

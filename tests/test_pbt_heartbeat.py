@@ -11,11 +11,11 @@ import time
 from mlflow import MlflowClient
 
 from launchers import JobHandle, JobState, Launcher
-from lfads_lightning import tracking
 from lfads_lightning.config import LfadsConfig
 from lfads_lightning.pbt.config import PbtConfig
 from lfads_lightning.pbt.controller import Controller
-from lfads_lightning.pbt.state import MemberRun
+from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import MemberRun
 
 
 class ScriptedLauncher(Launcher):

@@ -11,7 +11,7 @@ import pytest
 
 from lfads_lightning.pbt import report, rules
 from lfads_lightning.pbt.space import HyperParameter
-from lfads_lightning.pbt.state import EXPLOITED, FAILED, FINISHED, RUNNING, MemberRun
+from lfads_lightning.runs.schema import EXPLOITED, FAILED, FINISHED, RUNNING, MemberRun
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPACE = [

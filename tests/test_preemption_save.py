@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from lfads_lightning import tracking
+from lfads_lightning.runs import tracking
 
 from .helpers import member_run_config, member_tags
 

@@ -19,7 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from launchers import JobState, get_launcher
-from lfads_lightning import tracking
+from lfads_lightning.runs import tracking
 
 from .helpers import TINY_MODEL, lfads, member_run_config, member_tags
 from .test_pbt_e2e import (

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from lfads_lightning.data.format import load_session
+from lfads_lightning.data.synth import GENERATORS, chaotic_rnn, lorenz, make_dataset
 from lfads_lightning.errors import DataError
-from lfads_lightning.h5data import load_session
-from lfads_lightning.synth import GENERATORS, chaotic_rnn, lorenz, make_dataset
 
 
 def test_lorenz_defaults_layout_and_rates():

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from lfads_lightning.cli import main
-from lfads_lightning.ui import server_command
+from lfads_lightning.cli.server import server_command
 
 
 def test_server_command_for_the_sqlite_default(tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (
+from lfads_lightning.config import (
     LfadsConfig,
     apply_overrides,
     from_dict,
@@ -15,8 +15,8 @@ from ..config import (
     read_yaml,
     validate,
 )
-from ..errors import ConfigError
-from .space import HyperParameter
+from lfads_lightning.errors import ConfigError
+from lfads_lightning.pbt.space import HyperParameter
 
 
 def autolfads_space() -> list[HyperParameter]:

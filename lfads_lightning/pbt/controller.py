@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import tracking
-from ..config import LfadsConfig, dump_yaml
-from ..errors import LfadsError
-from .config import PbtConfig, with_hparams
-from .rules import PopulationFailed, explore, select, should_stop
-from .space import initial_population
-from .state import (
+from lfads_lightning.config import LfadsConfig, dump_yaml
+from lfads_lightning.errors import LfadsError
+from lfads_lightning.pbt.config import PbtConfig, with_hparams
+from lfads_lightning.pbt.rules import PopulationFailed, explore, select, should_stop
+from lfads_lightning.pbt.space import initial_population
+from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import (
     EXPLOITED,
     FAILED,
     FINISHED,

@@ -3,7 +3,7 @@
 Everything here works on `MemberRun` lists as loaded from MLflow (`state.load_members`), so a
 report can be drawn at any time, from a finished, running or crashed experiment. Only the final
 attempt of each (member, generation) is reported: earlier attempts were retried and replaced.
-Figures are bare Agg figures (see `lfads_lightning.figures`); save them with `save_figure`.
+Figures are bare Agg figures (see `lfads_lightning.evaluation.figures`); save them with `save_figure`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from ..figures import _colormap, _message_figure, _new_figure, save_figure
-from .space import HyperParameter
-from .state import EXPLOITED, FAILED, MemberRun
+from lfads_lightning.evaluation.figures import _colormap, _message_figure, _new_figure, save_figure
+from lfads_lightning.pbt.space import HyperParameter
+from lfads_lightning.runs.schema import EXPLOITED, FAILED, MemberRun
 
 __all__ = [
     "FITNESS_LABEL",

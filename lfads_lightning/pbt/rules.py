@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .space import HyperParameter
+from lfads_lightning.pbt.space import HyperParameter
 
 
 class PopulationFailed(RuntimeError):

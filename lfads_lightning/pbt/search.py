@@ -16,8 +16,15 @@ import time
 from collections import deque
 from typing import Any
 
-from .controller import Controller, target_epoch
-from .state import FINISHED, QUEUED, RUNNING, MemberRun, latest_attempts, load_members
+from lfads_lightning.pbt.controller import Controller, target_epoch
+from lfads_lightning.runs.schema import (
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    MemberRun,
+    latest_attempts,
+    load_members,
+)
 
 SAMPLERS = ("random", "tpe")
 
@@ -108,7 +115,7 @@ class SearchController(Controller):
         members = latest_attempts(load_members(self.client, self.parent), 0)
         usable = [m for m in members.values() if m.usable]
         if not usable:
-            from ..errors import LfadsError
+            from lfads_lightning.errors import LfadsError
 
             raise LfadsError(
                 "search finished with no successful trial; see the trial runs' lfads.error tags"

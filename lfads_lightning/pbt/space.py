@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from lfads_lightning.errors import ConfigError
 
 SAMPLING = ("uniform", "log_uniform")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import DataError
-from .h5data import write_session
+from lfads_lightning.data.format import write_session
+from lfads_lightning.errors import DataError
 
 # Lag between neural activity and hand velocity used by NLB's velocity decoding, in ms.
 BEHAVIOR_LAG_MS = {

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from . import tracking
+from lfads_lightning.runs import tracking
 
 
 class BurnInEarlyStopping(Callback):

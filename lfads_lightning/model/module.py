@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import LossConfig, ModelConfig, TrainConfig, from_dict
-from .core import LFADS, LfadsOutput
+from lfads_lightning.config import LossConfig, ModelConfig, TrainConfig, from_dict
+from lfads_lightning.model.network import LFADS, LfadsOutput
 
 
 def ramp_value(epoch: int, start: int, increase: int) -> float:
@@ -226,7 +226,7 @@ class LfadsModule(L.LightningModule):
 
     def _epoch_metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, float]:
         """Bits per spike (held-in), co-bps, fp-bps and rate R2 on the validation trials."""
-        from .evaluation import rate_metrics
+        from lfads_lightning.evaluation.posterior import rate_metrics
 
         per_session: dict[int, list[dict[str, Tensor]]] = {}
         for o in outputs:

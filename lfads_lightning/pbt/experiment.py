@@ -13,12 +13,12 @@ from typing import Any
 
 import yaml
 
-from .. import tracking
-from ..config import LfadsConfig, config_from_dict, dump_yaml, flatten, from_dict
-from ..errors import LfadsError
-from .config import PbtConfig, validate_pbt
-from .controller import PBT_ARTIFACT, Controller, write_pbt_artifacts
-from .state import load_members
+from lfads_lightning.config import LfadsConfig, config_from_dict, dump_yaml, flatten, from_dict
+from lfads_lightning.errors import LfadsError
+from lfads_lightning.pbt.config import PbtConfig, validate_pbt
+from lfads_lightning.pbt.controller import PBT_ARTIFACT, Controller, write_pbt_artifacts
+from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import load_members
 
 LAUNCHER_ARTIFACT = "launcher.yaml"  # the config's launcher sections ({name: options})
 
@@ -155,7 +155,7 @@ def run_pbt(
     threads = base.train.threads or launcher.default_threads(concurrency)
     args = (uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
     if search:
-        from .search import SearchController
+        from lfads_lightning.pbt.search import SearchController
 
         controller = SearchController(*args, sampler=search, n_trials=n_trials or pbt.population)
     else:
@@ -182,10 +182,11 @@ def run_pbt(
 
 def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) -> None:
     """Posterior-sample the best member onto the parent run and write the report."""
-    from ..module import LfadsModule
-    from ..training import datamodule_for, load_run_config, sample_and_log, set_threads
-    from . import report
-    from .member import CHECKPOINT_ARTIFACT
+    from lfads_lightning.model.module import LfadsModule
+    from lfads_lightning.pbt import report
+    from lfads_lightning.worker.fit import sample_and_log
+    from lfads_lightning.worker.member import CHECKPOINT_ARTIFACT
+    from lfads_lightning.worker.setup import datamodule_for, load_run_config, set_threads
 
     members = load_members(client, parent)
     best = next(m for m in members if m.run_id == best_run)
@@ -206,7 +207,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
     tracking.log_metrics(client, parent, metrics)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    from ..figures import save_figure
+    from lfads_lightning.evaluation.figures import save_figure
 
     paths = [
         save_figure(report.fitness_figure(members), report_dir / "fitness_per_generation.png"),
@@ -230,7 +231,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
 
 
 def status(client: Any, parent: str, generations: str = "latest") -> str:
-    from . import report
+    from lfads_lightning.pbt import report
 
     base, pbt, *_ = load_parent(client, parent)
     run = client.get_run(parent)

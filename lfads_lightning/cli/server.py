@@ -7,6 +7,7 @@ about 3 GB). Artifacts of the sqlite default live in ./mlartifacts next to the d
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, TrackingError
+from lfads_lightning.errors import ConfigError, TrackingError
 
 
 def server_command(uri: str, host: str, port: int) -> list[str]:
@@ -49,7 +50,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
     """Serve the UI until interrupted; returns the server's exit code."""
-    from . import tracking
+    from lfads_lightning.runs import tracking
 
     uri = tracking.resolve_uri(tracking_uri)
     cmd = server_command(uri, host, port)
@@ -71,3 +72,15 @@ def run_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) 
         except subprocess.TimeoutExpired:
             proc.kill()
         return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    return run_ui(args.tracking_uri, args.host, args.port)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ui = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
+    ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)

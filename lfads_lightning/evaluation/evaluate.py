@@ -18,10 +18,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import metrics
-from .errors import DataError, LfadsError
-from .evaluation import posterior_metrics
-from .h5data import SPLITS, SessionData, load_session
+from lfads_lightning.data.format import SPLITS, SessionData, load_session
+from lfads_lightning.errors import DataError, LfadsError
+from lfads_lightning.evaluation import metrics
+from lfads_lightning.evaluation.posterior import posterior_metrics
 
 EVAL_PREFIX = "eval/"
 FIGURE_DIR = "eval_figures"
@@ -103,7 +103,7 @@ def evaluate_output(path: str | Path, psth_sd_ms: float = DEFAULT_PSTH_SD_MS) ->
 def make_figures(path: str | Path, fig_dir: Path, tag: str) -> list[Path]:
     """The inferred-rates figure (smoothed spikes, PSTHs, single-trial rates, aligned to the
     event) and, for synthetic data, inferred vs true rates; written as PNG."""
-    from . import figures
+    from lfads_lightning.evaluation import figures
 
     session, outputs, attrs = read_output(path)
     split = "valid" if "valid" in outputs else next(iter(outputs))
@@ -158,7 +158,7 @@ def evaluate_run(
     figures: bool = True,
 ) -> list[Evaluation]:
     """Evaluate every output file of a run and log metrics and figures to that run."""
-    from . import tracking
+    from lfads_lightning.runs import tracking
 
     try:
         client.get_run(run_id)
@@ -191,7 +191,7 @@ def evaluate_run(
 
 def log_file_evaluation(client: Any, result: Evaluation) -> bool:
     """Log a file's metrics to the run it records, if that run is in this store."""
-    from . import tracking
+    from lfads_lightning.runs import tracking
 
     if not result.run_id:
         return False

@@ -1,8 +1,4 @@
-"""`lfads` commands on data files and trained runs: sample, evaluate, data synth/nlb.
-
-Kept apart from cli.py (parser, fit, pbt) so each file stays one screenful of concerns; heavy
-imports stay inside the commands, as there.
-"""
+"""`lfads sample` and `lfads evaluate`: commands on trained runs and their output files."""
 
 from __future__ import annotations
 
@@ -11,17 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError, LfadsError
+from lfads_lightning.cli.common import add_tracking_uri
+from lfads_lightning.errors import ConfigError, DataError, LfadsError
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Posterior-sample an existing run's best checkpoint (or a checkpoint file) again."""
     import tempfile
 
-    from . import tracking
-    from .cli import resolve_paths
-    from .config import load_config
-    from .training import load_run_config
+    from lfads_lightning.cli.common import resolve_paths
+    from lfads_lightning.config import load_config
+    from lfads_lightning.runs import tracking
+    from lfads_lightning.worker.setup import load_run_config
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
@@ -59,9 +56,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> list[Path]:
-    from .module import LfadsModule
-    from .sampling import sample_all, write_output
-    from .training import datamodule_for, set_threads
+    from lfads_lightning.model.module import LfadsModule
+    from lfads_lightning.worker.sampling import sample_all, write_output
+    from lfads_lightning.worker.setup import datamodule_for, set_threads
 
     set_threads(cfg.train.threads)
     dm = datamodule_for(cfg)
@@ -78,59 +75,12 @@ def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> lis
     ]
 
 
-def _parse_params(items: list[str]) -> dict[str, Any]:
-    from .config import parse_override
-
-    params = {}
-    for item in items:
-        path, value = parse_override(item)
-        params["_".join(path)] = value
-    return params
-
-
-def cmd_data_synth(args: argparse.Namespace) -> int:
-    from .synth import make_dataset
-
-    try:
-        path = make_dataset(
-            args.kind,
-            args.out,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            **_parse_params(args.params),
-        )
-    except TypeError as err:
-        raise ConfigError(f"bad generator parameter for {args.kind}: {err}") from None
-    print(f"lfads: wrote {path}", file=sys.stderr)
-    return 0
-
-
-def cmd_data_nlb(args: argparse.Namespace) -> int:
-    if str(args.src).endswith(".nwb"):
-        from .nwb import convert_nlb_nwb
-
-        path = convert_nlb_nwb(
-            Path(args.src),
-            args.out,
-            align=args.align,
-            valid_every=args.valid_every,
-            overwrite=args.overwrite,
-        )
-    else:
-        from .nlb import convert_nlb_tensors
-
-        path = convert_nlb_tensors(
-            args.src, args.out, valid_every=args.valid_every, overwrite=args.overwrite
-        )
-    print(f"lfads: wrote {path}", file=sys.stderr)
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """NLB metrics of a run's outputs (logged to it under eval/) or of one output file."""
     import json
 
-    from . import evaluate, tracking
+    from lfads_lightning.evaluation import evaluate
+    from lfads_lightning.runs import tracking
 
     target = args.target
     as_file = target.endswith((".h5", ".hdf5")) or Path(target).exists()
@@ -174,3 +124,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     where = f"run {results[0].run_id} (metrics eval/...)" if logged else "nowhere (printed only)"
     print(f"lfads: evaluation logged to {where}", file=sys.stderr)
     return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    sample = sub.add_parser("sample", help="posterior-sample a trained model again into HDF5")
+    src = sample.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="MLflow run id of a finished fit")
+    src.add_argument("--checkpoint", help="a .ckpt file (needs --config for the data)")
+    sample.add_argument("--config", help="config whose data section names the files to sample")
+    sample.add_argument(
+        "--n-samples", type=int, help="posterior samples per trial (default: output.n_samples)"
+    )
+    sample.add_argument("--out", help="output directory")
+    add_tracking_uri(sample)
+    sample.set_defaults(func=cmd_sample)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="NLB metrics (co-bps, fp-bps, vel R2, psth R2, rate R2) of a run or an output file",
+        description="Given a run id, evaluates its outputs/*.h5 and logs eval/... metrics and "
+        "eval_figures/ to it (a PBT parent: its best member's outputs). Given an output file, "
+        "prints the metrics and logs them to the run recorded in the file if it is in the store.",
+    )
+    ev.add_argument("target", metavar="RUN_ID|OUTPUT.h5")
+    add_tracking_uri(ev)
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+    ev.add_argument("--no-figures", action="store_true", help="make no figures")
+    ev.add_argument("--figures-dir", help="where to write the PNG figures")
+    ev.add_argument(
+        "--psth-sd-ms", type=float, default=50.0, help="Gaussian sd for true PSTHs (NLB: 50)"
+    )
+    ev.set_defaults(func=cmd_evaluate)

@@ -18,9 +18,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from .. import tracking
-from ..config import LfadsConfig
-from .state import FAILED, FINISHED, FITNESS_METRIC, RUNNING, P, set_state
+from lfads_lightning.config import LfadsConfig
+from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import FAILED, FINISHED, FITNESS_METRIC, RUNNING, P, set_state
 
 CHECKPOINT_ARTIFACT = "checkpoints/last.ckpt"
 
@@ -127,8 +127,8 @@ def _injected_nan(tags: dict[str, str]) -> bool:
 
 def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     """Train from the parent checkpoint up to the target epoch; return the fitness."""
-    from ..callbacks import MlflowEpochLogger
-    from ..training import build_module, datamodule_for, make_trainer, set_threads
+    from lfads_lightning.worker.callbacks import MlflowEpochLogger
+    from lfads_lightning.worker.setup import build_module, datamodule_for, make_trainer, set_threads
 
     client = tracking.client(uri)
     run_id = run.info.run_id

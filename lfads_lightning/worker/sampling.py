@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import torch
 
-from .datamodule import LfadsDataModule
-from .h5data import SPLITS
-from .module import LfadsModule
+from lfads_lightning.data.datamodule import LfadsDataModule
+from lfads_lightning.data.format import SPLITS
+from lfads_lightning.model.module import LfadsModule
 
 OUTPUT_KEYS = ("rates", "factors", "gen_states", "co_means", "ic_mean", "ic_std")
 

@@ -21,7 +21,7 @@ def serve() -> int:
     import lightning  # noqa: F401
     import torch  # noqa: F401
 
-    from .training import run_worker  # the expensive imports, once
+    from lfads_lightning.worker.entry import run_worker  # the expensive imports, once
 
     def reply(text: str) -> None:
         # The controller may be gone (killed): the job must still finish and close its run,

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .gru import BidirectionalClippedGRU, ClippedGRUCell
-from .priors import AutoregressivePrior, GaussianICPrior
-from .recon import make_reconstruction
+from lfads_lightning.config import ModelConfig
+from lfads_lightning.model.gru import BidirectionalClippedGRU, ClippedGRUCell
+from lfads_lightning.model.priors import AutoregressivePrior, GaussianICPrior
+from lfads_lightning.model.recon import make_reconstruction
 
 
 @dataclass

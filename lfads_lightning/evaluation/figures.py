@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from . import metrics
+from lfads_lightning.evaluation import metrics
 
 _CMAP_SPIKES = "Greys"
 _CMAP_RATES = "viridis"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import metrics
-from .h5data import SessionData
+from lfads_lightning.data.format import SessionData
+from lfads_lightning.evaluation import metrics
 
 
 def rate_metrics(

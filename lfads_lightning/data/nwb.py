@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .h5data import write_session
+from lfads_lightning.data.format import write_session
+from lfads_lightning.errors import DataError
 
 COND_FIELDS = ("trial_type", "trial_version")
 

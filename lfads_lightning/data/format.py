@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import DataError
+from lfads_lightning.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "valid")

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .h5data import write_session
+from lfads_lightning.data.format import write_session
+from lfads_lightning.errors import DataError
 
 
 def _lorenz_deriv(x: np.ndarray, sigma: float, rho: float, beta: float) -> np.ndarray:
@@ -86,7 +86,7 @@ def _check_common(n_neurons: int, n_heldout: int, n_forward: int, valid_every: i
 
 
 def _description(name: str, seed: int, params: dict[str, Any]) -> str:
-    return f"synthetic {name} (lfads_lightning.synth); seed={seed}; params={json.dumps(params, sort_keys=True)}"
+    return f"synthetic {name} (lfads_lightning.data.synth); seed={seed}; params={json.dumps(params, sort_keys=True)}"
 
 
 def lorenz(

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import TrackingError
+from lfads_lightning.errors import TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -163,7 +163,7 @@ def create_config_run(
 
     Tags are given without the `lfads.` prefix. A run whose setup fails is marked FAILED.
     """
-    from .config import dump_yaml, flatten, to_dict
+    from lfads_lightning.config import dump_yaml, flatten, to_dict
 
     mlflow_client = client(uri)
     exp_id = experiment_id(mlflow_client, cfg.tracking.experiment)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import tracking
+from lfads_lightning.runs import tracking
 
 P = tracking.TAG_PREFIX
 QUEUED, RUNNING, FINISHED, FAILED, EXPLOITED = (

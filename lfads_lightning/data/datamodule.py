@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import ConfigError, DataError
-from .h5data import SPLITS, SessionData, SplitData, load_session
+from lfads_lightning.data.format import SPLITS, SessionData, SplitData, load_session
+from lfads_lightning.errors import ConfigError, DataError
 
 
 class Batch(NamedTuple):

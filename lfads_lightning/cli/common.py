@@ -1,0 +1,79 @@
+"""What several subcommands share: config-and-overrides arguments, path resolution, and the
+checks that run before any MLflow run exists."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+TRACKING_URI_HELP = (
+    "MLflow tracking URI (default: the config's tracking.uri, else $MLFLOW_TRACKING_URI, "
+    "else sqlite:///./mlflow.db)"
+)
+
+
+def add_tracking_uri(parser: argparse.ArgumentParser, help_text: str = TRACKING_URI_HELP) -> None:
+    parser.add_argument("--tracking-uri", help=help_text)
+
+
+def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first item without '=' is the config file; the rest are key=value overrides."""
+    config, overrides = None, []
+    for item in items:
+        if "=" in item or config is not None:
+            overrides.append(item)
+        else:
+            config = item
+    return config, overrides
+
+
+def resolve_paths(cfg: Any) -> Any:
+    """Absolute data and output paths, so a worker started elsewhere finds the same files."""
+    data = dataclasses.replace(
+        cfg.data, paths=[str(Path(p).expanduser().resolve()) for p in cfg.data.paths]
+    )
+    output = dataclasses.replace(cfg.output, dir=str(Path(cfg.output.dir).expanduser().resolve()))
+    return dataclasses.replace(cfg, data=data, output=output)
+
+
+def prepare_data(cfg: Any) -> list[Any]:
+    """Generate missing synthetic files if configured, then validate every file."""
+    from lfads_lightning.data.format import load_session
+
+    for path in cfg.data.paths:
+        if not Path(path).exists() and cfg.data.synth:
+            from lfads_lightning.data.synth import make_dataset
+
+            print(
+                f"lfads: {path} not found; generating synthetic '{cfg.data.synth}' data (seed {cfg.data.synth_seed})",
+                file=sys.stderr,
+            )
+            make_dataset(cfg.data.synth, path, seed=cfg.data.synth_seed)
+    return [load_session(path, cfg.model.recon) for path in cfg.data.paths]
+
+
+def prepare_run(
+    cfg: Any,
+    tracking_uri: str | None,
+    launcher_name: str,
+    launcher_options: dict[str, Any] | None = None,
+) -> tuple[Any, str]:
+    """Everything that can fail on bad input, checked before any MLflow run exists: paths,
+    launcher and its options, data files, tracking store. Returns the resolved config and
+    tracking URI."""
+    from launchers import get_launcher
+    from lfads_lightning.runs import tracking
+
+    cfg = resolve_paths(cfg)
+    if tracking_uri:
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
+    launcher = get_launcher(launcher_name, **(launcher_options or {}))
+    launcher.check()
+    launcher.close()
+    prepare_data(cfg)
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check_store(uri)
+    return cfg, uri

@@ -1,0 +1,55 @@
+"""`lfads` command line: the parser is assembled from one module per subcommand group. Heavy
+imports (torch, lightning, mlflow) happen inside the commands so that `lfads --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launchers.errors import LauncherError
+from lfads_lightning.cli import data, fit, pbt, results, server
+from lfads_lightning.errors import LfadsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lfads", description="Fit LFADS models of neural population dynamics."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (fit, pbt, results, data, server):
+        module.add_parsers(sub)
+    return parser
+
+
+def _attach_extra(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]
+) -> None:
+    """Overrides may follow options (`--seed 3 n_neurons=40`), which plain parse_args rejects."""
+    target = "items" if hasattr(args, "items") else "params" if hasattr(args, "params") else None
+    bad = [e for e in extra if "=" not in e or e.startswith("-")]
+    if target is None or bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    setattr(args, target, [*getattr(args, target), *extra])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # MLflow draws a progress bar per artifact download; PBT downloads many small files.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _attach_extra(parser, args, extra)
+    try:
+        return int(args.func(args) or 0)
+    except (LfadsError, LauncherError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("lfads: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

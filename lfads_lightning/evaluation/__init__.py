@@ -1,0 +1,1 @@
+"""Evaluation: NLB metrics, posterior metrics, `lfads evaluate`, figures."""

@@ -1,0 +1,1 @@
+"""Runs: the MLflow store (client, run creation) and the typed member-run schema."""

@@ -1,0 +1,46 @@
+"""The one worker entry: `python -m lfads_lightning worker --run-id R --tracking-uri U` (and the
+same function in-process for warm slots). It reads the run's kind and does that job; whatever
+happens, the run is never left RUNNING."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from lfads_lightning.errors import LfadsError
+from lfads_lightning.runs import tracking
+from lfads_lightning.worker.setup import load_run_config
+
+
+def run_worker(run_id: str, uri: str) -> int:
+    """Entry point of `lfads worker`: never leaves the run RUNNING, whatever happens."""
+    try:
+        client = tracking.client(uri)
+        run = client.get_run(run_id)
+        cfg = load_run_config(client, run_id)
+        if run.data.tags.get(tracking.TAG_PREFIX + "kind") == "pbt_member":
+            from lfads_lightning.worker.member import train_member
+
+            fitness = train_member(cfg, run, uri)
+            client.set_terminated(run_id, status="FINISHED")
+            print(f"lfads: member run {run_id} finished: fitness {fitness:.6g}", file=sys.stderr)
+            return 0
+        from lfads_lightning.worker.fit import fit_run
+
+        summary = fit_run(cfg, run_id, uri)
+        client.set_terminated(run_id, status="FINISHED")
+        shown = {k: round(v, 4) for k, v in summary.items() if k.startswith("posterior/")}
+        print(f"lfads: run {run_id} finished: {shown}", file=sys.stderr)
+        return 0
+    except LfadsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        tracking.mark_failed(uri, run_id, str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        tracking.mark_failed(uri, run_id, "interrupted", status="KILLED")
+        print("lfads: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - report any crash on the run, then exit non-zero
+        traceback.print_exc()
+        tracking.mark_failed(uri, run_id, f"{type(err).__name__}: {err}")
+        return 1
