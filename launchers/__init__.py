@@ -8,16 +8,19 @@ used.
 
 from __future__ import annotations
 
-from launchers.base import JobHandle, JobState, Launcher, worker_command
+from launchers.base import JobHandle, JobState, Launcher
 from launchers.errors import LauncherError
 from launchers.registry import LAUNCHER_NAMES, get_launcher
+from launchers.spec import JobSpec, Resources, worker_args
 
 __all__ = [
     "LAUNCHER_NAMES",
     "JobHandle",
+    "JobSpec",
     "JobState",
     "Launcher",
     "LauncherError",
+    "Resources",
     "get_launcher",
-    "worker_command",
+    "worker_args",
 ]

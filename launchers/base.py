@@ -1,18 +1,20 @@
-"""The launcher contract: submit a worker for an MLflow run, poll its state, cancel it.
+"""The launcher contract: submit a job spec, poll its state, cancel it.
 
-A worker job is the same on every backend: `python -m lfads_lightning worker --run-id ID
---tracking-uri URI`; it reads everything else (config, checkpoint to start from) from MLflow.
+A worker job is the same on every backend: the project's `worker --run-id ID --tracking-uri
+URI` (JobSpec.args); it reads everything else (config, checkpoint to start from) from MLflow.
+Launchers know nothing of MLflow or PBT: what they need is in the spec.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
+
+from launchers.spec import JobSpec
 
 
 class JobState(enum.StrEnum):
@@ -38,19 +40,6 @@ class JobHandle:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def worker_command(run_id: str, tracking_uri: str, python: str | None = None) -> list[str]:
-    return [
-        python or sys.executable,
-        "-m",
-        "lfads_lightning",
-        "worker",
-        "--run-id",
-        run_id,
-        "--tracking-uri",
-        tracking_uri,
-    ]
-
-
 class Launcher(ABC):
     """One backend. Options come from the config section named after the launcher (`slurm:`,
     `kubernetes:`, ...) as keyword arguments; a backend validates them itself."""
@@ -58,15 +47,13 @@ class Launcher(ABC):
     name: str = ""
 
     @abstractmethod
-    def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
-        """Start the worker for `run_id`; return at once."""
+    def submit(self, spec: JobSpec) -> JobHandle:
+        """Start the job; return at once."""
 
-    def submit_many(
-        self, run_ids: list[str], tracking_uri: str, threads: int | None = None
-    ) -> list[JobHandle]:
-        """Start several workers at once (one handle per run, same order). Backends with a
-        batch primitive (a SLURM job array) override this; the default submits one by one."""
-        return [self.submit(run_id, tracking_uri, threads=threads) for run_id in run_ids]
+    def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
+        """Start several jobs at once (one handle per spec, same order). Backends with a batch
+        primitive (a SLURM job array) override this; the default submits one by one."""
+        return [self.submit(spec) for spec in specs]
 
     def default_concurrency(self, population: int) -> int:
         """How many member jobs run at once when the PBT config does not say: on this machine,
@@ -78,16 +65,22 @@ class Launcher(ABC):
         among concurrent jobs. Cluster backends return the cores their job requests."""
         return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
-    def prestart(self, jobs: int, threads: int | None = None) -> None:  # noqa: B027
+    def prestart(  # noqa: B027
+        self, jobs: int, threads: int | None = None, log_dir: str | None = None
+    ) -> None:
         """Get ready for `jobs` concurrent jobs before the first submit (warm workers); no-op."""
 
     def check(self) -> None:  # noqa: B027
         """Verify the options against the backend before any run exists (e.g. sbatch --test-only,
         so a wrong partition fails at once, not after runs were created); no-op by default."""
 
-    def adopt(self, handle: JobHandle, tracking_uri: str) -> None:  # noqa: B027
+    def adopt(self, handle: JobHandle) -> None:  # noqa: B027
         """Take charge of a job a previous controller submitted (`--resume`), so that this
         launcher also cleans it up when it ends; no-op where nothing needs cleaning."""
+
+    def release(self, handle: JobHandle) -> None:  # noqa: B027
+        """The caller has what it needs from this job (its run is closed): the job is about to
+        end, and the launcher may clean it up once it has; no-op where nothing needs cleaning."""
 
     def close(self) -> None:  # noqa: B027
         """Release what the launcher holds (idle workers, API clients); running jobs go on."""
@@ -95,6 +88,10 @@ class Launcher(ABC):
     @abstractmethod
     def poll(self, handle: JobHandle) -> JobState:
         """Current state of the job, without blocking."""
+
+    def describe(self, handle: JobHandle) -> str:
+        """A few words on how an ended job ended (for messages); by default its state."""
+        return self.poll(handle).value
 
     @abstractmethod
     def cancel(self, handle: JobHandle) -> None:

@@ -13,10 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lfads_lightning.errors import ConfigError
+from launchers.errors import LauncherError
+from launchers.spec import THREAD_VARS, JobSpec
+from launchers.typed_options import SectionError, typed_section
 
 LABEL_PREFIX = "lfads.io/"
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LFADS_THREADS")
+# The spec's labels that become Job labels (lfads.io/<name>), in this order.
+SPEC_LABELS = ("pbt-run", "kind", "member", "generation", "attempt")
 # Tracking credentials come only from a Secret: MLflow's env var <- key in `tracking_secret`.
 TRACKING_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "username",
@@ -73,29 +76,29 @@ _TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
 
 
 def parse_options(options: dict[str, Any] | None) -> KubernetesOptions:
-    """Validate the `kubernetes:` section; unknown keys and bad values raise ConfigError."""
-    from lfads_lightning.config import from_dict
-
+    """Validate the `kubernetes:` section; unknown keys and bad values raise LauncherError."""
     options = dict(options or {})
-    options.pop("log_dir", None)  # passed by `lfads pbt` to every launcher; pods log to the API
     special = {k: options.pop(k) for k in (*_MAPPINGS, *_MAPPING_LISTS) if k in options}
     names = [f.name for f in dataclasses.fields(KubernetesOptions)]
     unknown = sorted(set(options) - set(names))
     if unknown:
-        raise ConfigError(
+        raise LauncherError(
             f"unknown config key 'kubernetes.{unknown[0]}'; valid keys: "
             + ", ".join(f"kubernetes.{n}" for n in names)
         )
-    opts = from_dict(KubernetesOptions, options, "kubernetes.")
+    try:
+        opts = typed_section(KubernetesOptions, options, "kubernetes.")
+    except SectionError as err:
+        raise LauncherError(str(err)) from None
     for key in _MAPPINGS:
         value = special.get(key) or {}
         if not isinstance(value, dict):
-            raise ConfigError(f"kubernetes.{key}: expected a mapping of names to values")
+            raise LauncherError(f"kubernetes.{key}: expected a mapping of names to values")
         setattr(opts, key, {str(k): str(v) for k, v in value.items()})
     for key in _MAPPING_LISTS:
         value = special.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(f"kubernetes.{key}: expected a list of mappings")
+            raise LauncherError(f"kubernetes.{key}: expected a list of mappings")
         setattr(opts, key, value)
     _check(opts)
     return opts
@@ -104,33 +107,33 @@ def parse_options(options: dict[str, Any] | None) -> KubernetesOptions:
 def _check(o: KubernetesOptions) -> None:
     for var in o.env:
         if var in TRACKING_SECRET_KEYS or _SECRETISH.search(var):
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes.env.{var} looks like a credential; never inline it: put it in a "
                 f"Secret and use kubernetes.secret_env.{var}=SECRET/KEY (or kubernetes.tracking_secret)"
             )
     for var, ref in o.secret_env.items():
         if ref.count("/") != 1 or not all(ref.split("/")):
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes.secret_env.{var}: expected 'secret-name/key', got {ref!r}"
             )
     if o.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-        raise ConfigError("kubernetes.image_pull_policy: use Always, IfNotPresent or Never")
+        raise LauncherError("kubernetes.image_pull_policy: use Always, IfNotPresent or Never")
     if not o.command:
-        raise ConfigError("kubernetes.command: must not be empty (the image runs `lfads`)")
+        raise LauncherError("kubernetes.command: must not be empty (the image runs `lfads`)")
     if o.run_as_user == 0:
-        raise ConfigError("kubernetes.run_as_user: pods run as non-root; pick a uid other than 0")
+        raise LauncherError("kubernetes.run_as_user: pods run as non-root; pick a uid other than 0")
     for v in o.volumes:
         bad = sorted(set(v) - set(_VOLUME_KEYS))
         kinds = [k for k in ("claim", "empty_dir", "host_path") if v.get(k) not in (None, False)]
         if bad or "name" not in v or "mount_path" not in v or len(kinds) != 1:
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes.volumes: {v!r} needs name, mount_path and one of claim (a PVC), "
                 f"empty_dir or host_path; valid keys: {', '.join(_VOLUME_KEYS)}"
             )
     for t in o.tolerations:
         bad = sorted(set(t) - set(_TOLERATION_KEYS))
         if bad:
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes.tolerations: unknown key {bad[0]!r}; valid keys: {', '.join(_TOLERATION_KEYS)}"
             )
 
@@ -151,36 +154,31 @@ def label_value(value: Any) -> str:
     return text if _LABEL_VALUE.match(text) else ""
 
 
-def job_name(run_id: str, tags: dict[str, str]) -> str:
+def job_name(spec: JobSpec) -> str:
     """A readable, unique, DNS-1123 name: lfads-m03-g002-a0-<run id prefix> for a PBT member."""
-    if "lfads.member" in tags and "lfads.generation" in tags:
+    labels = spec.labels
+    if "member" in labels and "generation" in labels:
         stem = "lfads-m{:02d}-g{:03d}-a{}".format(
-            int(tags["lfads.member"]), int(tags["lfads.generation"]), tags.get("lfads.attempt", "0")
+            int(labels["member"]), int(labels["generation"]), labels.get("attempt", "0")
         )
     else:
-        stem = "lfads-" + re.sub(r"[^a-z0-9]", "", tags.get("lfads.kind", "job").lower())[:10]
-    suffix = re.sub(r"[^a-z0-9]", "", run_id.lower())[:12] or "x"
+        stem = "lfads-" + re.sub(r"[^a-z0-9]", "", labels.get("kind", "job").lower())[:10]
+    suffix = re.sub(r"[^a-z0-9]", "", spec.run_id.lower())[:12] or "x"
     return f"{stem}-{suffix}"[:52]  # pods add "-xxxxx"; the job-name label must fit in 63
 
 
-def job_labels(o: KubernetesOptions, run_id: str, tags: dict[str, str]) -> dict[str, str]:
-    """Labels tying the Job (and its pod) to the MLflow run, the PBT run, member and generation."""
+def job_labels(o: KubernetesOptions, spec: JobSpec) -> dict[str, str]:
+    """Labels tying the Job (and its pod) to the run, the PBT run, member and generation."""
     labels = {
         **o.labels,
         "app.kubernetes.io/name": "lfads",
         "app.kubernetes.io/component": "worker",
         "app.kubernetes.io/managed-by": "lfads-lightning",
-        LABEL_PREFIX + "run-id": label_value(run_id),
+        LABEL_PREFIX + "run-id": label_value(spec.run_id),
     }
-    for tag, label in (
-        ("mlflow.parentRunId", "pbt-run"),
-        ("lfads.kind", "kind"),
-        ("lfads.member", "member"),
-        ("lfads.generation", "generation"),
-        ("lfads.attempt", "attempt"),
-    ):
-        if tags.get(tag) not in (None, ""):
-            labels[LABEL_PREFIX + label] = label_value(tags[tag])
+    for name in SPEC_LABELS:
+        if spec.labels.get(name) not in (None, ""):
+            labels[LABEL_PREFIX + name] = label_value(spec.labels[name])
     return labels
 
 
@@ -234,24 +232,17 @@ def _resources(o: KubernetesOptions) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def job_manifest(
-    o: KubernetesOptions,
-    run_id: str,
-    tracking_uri: str,
-    tags: dict[str, str] | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """The batch/v1 Job running `lfads worker` for one MLflow run (a plain dict, no client)."""
-    tags = tags or {}
-    threads = threads or default_threads(o)
-    labels = job_labels(o, run_id, tags)
+def _container(o: KubernetesOptions, spec: JobSpec, threads: int) -> dict[str, Any]:
+    """The worker container: our image, the spec's arguments, non-root, read-only, no caps."""
     volumes, mounts = _volumes(o)
+    if o.tracking_uri:
+        spec = spec.with_tracking_uri(o.tracking_uri)
     container: dict[str, Any] = {
         "name": "worker",
         "image": o.image,
         "imagePullPolicy": o.image_pull_policy,
         "command": list(o.command),
-        "args": ["worker", "--run-id", run_id, "--tracking-uri", o.tracking_uri or tracking_uri],
+        "args": list(spec.args),
         "env": _env(o, threads),
         "resources": _resources(o),
         "volumeMounts": mounts,
@@ -266,6 +257,10 @@ def job_manifest(
     }
     if o.working_dir:
         container["workingDir"] = o.working_dir
+    return container
+
+
+def _pod(o: KubernetesOptions, container: dict[str, Any]) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": bool(o.service_account),
@@ -277,7 +272,7 @@ def job_manifest(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": volumes,
+        "volumes": _volumes(o)[0],
     }
     if o.service_account:
         pod["serviceAccountName"] = o.service_account
@@ -290,54 +285,31 @@ def job_manifest(
             {("tolerationSeconds" if k == "toleration_seconds" else k): v for k, v in t.items()}
             for t in o.tolerations
         ]
-    spec: dict[str, Any] = {
+    return pod
+
+
+def job_manifest(o: KubernetesOptions, spec: JobSpec) -> dict[str, Any]:
+    """The batch/v1 Job running the spec's command for one run (a plain dict, no client)."""
+    labels = job_labels(o, spec)
+    pod = _pod(o, _container(o, spec, spec.threads or default_threads(o)))
+    job_spec: dict[str, Any] = {
         "backoffLimit": o.backoff_limit,
         "completions": 1,
         "parallelism": 1,
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if o.active_deadline_seconds:
-        spec["activeDeadlineSeconds"] = o.active_deadline_seconds
+        job_spec["activeDeadlineSeconds"] = o.active_deadline_seconds
     if o.ttl_seconds_after_finished is not None:
-        spec["ttlSecondsAfterFinished"] = o.ttl_seconds_after_finished
+        job_spec["ttlSecondsAfterFinished"] = o.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(run_id, tags),
+            "name": job_name(spec),
             "namespace": o.namespace,
             "labels": labels,
-            "annotations": {"lfads.io/mlflow-run-id": run_id},
+            "annotations": {"lfads.io/mlflow-run-id": spec.run_id},
         },
-        "spec": spec,
+        "spec": job_spec,
     }
-
-
-def dry_run_yaml(
-    launcher: str,
-    sections: dict[str, dict[str, Any]],
-    base: Any,
-    pbt: Any,
-    tracking_uri: str | None = None,
-) -> str:
-    """`lfads pbt --dry-run`: generation 0's Jobs as YAML, with placeholder run ids. Secrets
-    appear only as references (secretKeyRef), as in the real manifests."""
-    import yaml
-
-    from lfads_lightning.runs import tracking
-
-    if launcher != "kubernetes":
-        raise ConfigError("--dry-run prints Kubernetes Jobs; use it with --launcher kubernetes")
-    o = parse_options(sections.get("kubernetes"))
-    uri = tracking.resolve_uri(tracking_uri or base.tracking.uri)
-    docs = []
-    for m in range(pbt.population):
-        tags = {
-            "lfads.kind": "pbt_member",
-            "lfads.member": str(m),
-            "lfads.generation": "0",
-            "lfads.attempt": "0",
-            "mlflow.parentRunId": "dry-run-parent",
-        }
-        docs.append(job_manifest(o, f"dry-run-m{m:02d}", uri, tags, base.train.threads or None))
-    return yaml.safe_dump_all(docs, sort_keys=False).rstrip()

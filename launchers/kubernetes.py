@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lfads_lightning.errors import ConfigError
-
-from .base import JobHandle, JobState, Launcher
-from .k8s_manifest import KubernetesOptions, default_threads, job_manifest, parse_options
+from launchers.base import JobHandle, JobState, Launcher
+from launchers.errors import LauncherError
+from launchers.k8s_manifest import KubernetesOptions, default_threads, job_manifest, parse_options
+from launchers.spec import JobSpec
 
 
 def _client():
     try:
         import kubernetes
     except ModuleNotFoundError:  # pragma: no cover - a core dependency
-        raise ConfigError(
+        raise LauncherError(
             "launcher 'kubernetes' needs the package 'kubernetes'; pip install kubernetes"
         ) from None
     return kubernetes
@@ -42,14 +42,14 @@ def load_config(o: KubernetesOptions) -> Any:
         try:
             k8s.config.load_incluster_config(client_configuration=cfg)
         except k8s.config.ConfigException as err:
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes: in-cluster config unavailable ({err}); set kubernetes.kubeconfig"
             ) from None
         return k8s.client.ApiClient(cfg)
     path = o.kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     path = path.split(os.pathsep)[0]
     if not Path(path).expanduser().is_file():
-        raise ConfigError(
+        raise LauncherError(
             f"kubernetes: no kubeconfig at {path}; set kubernetes.kubeconfig=PATH or KUBECONFIG, "
             "or run the controller inside the cluster"
         )
@@ -58,14 +58,14 @@ def load_config(o: KubernetesOptions) -> Any:
             config_file=str(Path(path).expanduser()), context=o.context, client_configuration=cfg
         )
     except (k8s.config.ConfigException, ValueError) as err:
-        raise ConfigError(f"kubernetes: cannot use kubeconfig {path}: {err}") from None
+        raise LauncherError(f"kubernetes: cannot use kubeconfig {path}: {err}") from None
     return k8s.client.ApiClient(cfg)
 
 
 class KubernetesLauncher(Launcher):
     name = "kubernetes"
 
-    def __init__(self, log_dir: str | Path | None = None, **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         self.options = parse_options(options)
         self._api_client = load_config(self.options)
         k8s = _client()
@@ -74,7 +74,8 @@ class KubernetesLauncher(Launcher):
         self.ApiException = k8s.client.ApiException
         self._last: dict[str, JobState] = {}  # job id -> last state seen (API hiccups, deletes)
         self._cancelled: set[str] = set()
-        self._live: dict[str, tuple[str, str]] = {}  # submitted, not deleted: job id -> run, uri
+        self._live: dict[str, str] = {}  # submitted or adopted, not deleted: job id -> run id
+        self._released: set[str] = set()  # jobs whose run the caller saw closed
         self._check_reachable()
 
     def _check_reachable(self) -> None:
@@ -83,16 +84,16 @@ class KubernetesLauncher(Launcher):
             self.core.list_namespaced_pod(self.options.namespace, limit=1, _request_timeout=10)
         except self.ApiException as err:
             if err.status == 404:
-                raise ConfigError(
+                raise LauncherError(
                     f"kubernetes: namespace {self.options.namespace!r} not found on {host}; "
                     "create it or set kubernetes.namespace"
                 ) from None
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes: API server {host} refused access ({err.status} {err.reason}); "
                 "check the kubeconfig's credentials and RBAC for Jobs in the namespace"
             ) from None
         except Exception as err:  # urllib3 connection errors
-            raise ConfigError(
+            raise LauncherError(
                 f"kubernetes: cannot reach the API server at {host} ({type(err).__name__}); "
                 "check kubernetes.kubeconfig / kubernetes.context and that the cluster is up"
             ) from None
@@ -105,8 +106,8 @@ class KubernetesLauncher(Launcher):
     def default_threads(self, concurrency: int) -> int:
         return default_threads(self.options)
 
-    def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
-        manifest = self.manifest(run_id, tracking_uri, threads)
+    def submit(self, spec: JobSpec) -> JobHandle:
+        manifest = self.manifest(spec)
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
             self.batch.create_namespaced_job(ns, manifest)
@@ -118,25 +119,26 @@ class KubernetesLauncher(Launcher):
                 ) from None
         job_id = f"{ns}/{name}"
         self._last[job_id] = JobState.PENDING
-        self._live[job_id] = (run_id, tracking_uri)
-        return JobHandle(self.name, job_id, run_id, {"namespace": ns, "name": name})
+        self._live[job_id] = spec.run_id
+        return JobHandle(self.name, job_id, spec.run_id, {"namespace": ns, "name": name})
 
-    def adopt(self, handle: JobHandle, tracking_uri: str) -> None:
+    def adopt(self, handle: JobHandle) -> None:
         """A Job from before a controller restart: swept like the ones submitted here."""
         ns, name = _where(handle)
-        self._live.setdefault(f"{ns}/{name}", (handle.run_id, tracking_uri))
+        self._live.setdefault(f"{ns}/{name}", handle.run_id)
 
-    def submit_many(
-        self, run_ids: list[str], tracking_uri: str, threads: int | None = None
-    ) -> list[JobHandle]:
+    def release(self, handle: JobHandle) -> None:
+        """Its run is closed: the pod exits right after, and `close` waits for that."""
+        ns, name = _where(handle)
+        self._released.add(f"{ns}/{name}")
+
+    def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
         self.sweep()  # each generation's submission also removes the last one's ended Jobs
-        return super().submit_many(run_ids, tracking_uri, threads)
+        return super().submit_many(specs)
 
-    def manifest(self, run_id: str, tracking_uri: str, threads: int | None = None) -> dict:
-        """The Job for `run_id`, labelled from the run's tags (PBT run, member, generation)."""
-        return job_manifest(
-            self.options, run_id, tracking_uri, _run_tags(run_id, tracking_uri), threads
-        )
+    def manifest(self, spec: JobSpec) -> dict:
+        """The Job for a spec, labelled from the spec's labels (PBT run, member, generation)."""
+        return job_manifest(self.options, spec)
 
     def poll(self, handle: JobHandle) -> JobState:
         ns, name = _where(handle)
@@ -163,28 +165,20 @@ class KubernetesLauncher(Launcher):
 
     def sweep(self, wait: float = 0.0) -> None:
         """Delete the submitted Jobs that have ended. The PBT controller reads a member's outcome
-        from its MLflow run and may never poll its Job again, so the launcher cleans up itself.
-        With `wait`, Jobs whose run is already closed get that long to end (the worker exits
-        right after closing its run); Jobs of open runs are left running (a resumed controller
-        adopts them)."""
+        from its run and may never poll its Job again, so the launcher cleans up itself. With
+        `wait`, released Jobs (their run is closed) get that long to end; other Jobs are left
+        running (a resumed controller adopts them)."""
         if not self.options.delete_finished:
             return
-        from lfads_lightning.runs import tracking
-
         deadline = time.monotonic() + wait
         while self._live:
             waiting = False
-            for job_id, (run_id, uri) in list(self._live.items()):
+            for job_id, run_id in list(self._live.items()):
                 ns, _, name = job_id.partition("/")
                 handle = JobHandle(self.name, job_id, run_id, {"namespace": ns, "name": name})
-                if self.poll(handle).terminal or not wait:
-                    continue
-                try:
-                    closed = tracking.client(uri).get_run(run_id).info.status != "RUNNING"
-                except Exception:
-                    closed = False
-                waiting = waiting or closed
-            if not waiting or time.monotonic() > deadline:
+                if not self.poll(handle).terminal:
+                    waiting = waiting or job_id in self._released
+            if not wait or not waiting or time.monotonic() > deadline:
                 return
             time.sleep(0.5)
 
@@ -243,13 +237,3 @@ def _where(handle: JobHandle) -> tuple[str, str]:
     if not (ns and name):
         ns, _, name = handle.job_id.partition("/")
     return str(ns), str(name)
-
-
-def _run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
-    """The MLflow run's tags (member, generation, parent), for the Job's labels."""
-    from lfads_lightning.runs import tracking
-
-    try:
-        return dict(tracking.client(tracking_uri).get_run(run_id).data.tags)
-    except Exception:  # labels are a convenience; a run that cannot be read fails in the worker
-        return {}

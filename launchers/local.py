@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .base import JobHandle, JobState, Launcher, worker_command
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LFADS_THREADS")
+from launchers.base import JobHandle, JobState, Launcher
+from launchers.spec import THREAD_VARS, JobSpec, worker_args
 
 
 def _env(threads: int | None) -> dict[str, str]:
@@ -80,31 +79,30 @@ class _Slot:
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(
-        self, log_dir: str | Path | None = None, python: str | None = None, warm: bool = False
-    ) -> None:
-        self.log_dir = Path(log_dir) if log_dir else None
+    def __init__(self, python: str | None = None, warm: bool = False) -> None:
         self.python = python or sys.executable
         self.warm = warm
         self._procs: dict[str, subprocess.Popen] = {}
         self._slots: dict[int, _Slot] = {}
         self._cancelled: set[str] = set()  # warm jobs whose slot this launcher killed
 
-    def _log_file(self, name: str) -> IO[bytes] | None:
-        if self.log_dir is None:
+    @staticmethod
+    def _log_file(log_dir: str | None, name: str) -> IO[bytes] | None:
+        if log_dir is None:
             return None
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        return open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        return open(Path(log_dir) / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
 
     # ------------------------------------------------------------------ contract
 
-    def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
-        if self.warm:
-            return self._submit_warm(run_id, tracking_uri, threads)
-        log = self._log_file(run_id)
+    def submit(self, spec: JobSpec) -> JobHandle:
+        run_id = spec.run_id
+        if self.warm and spec.args == worker_args(run_id, spec.tracking_uri):
+            return self._submit_warm(spec)
+        log = self._log_file(spec.log_dir, run_id)
         proc = subprocess.Popen(
-            worker_command(run_id, tracking_uri, self.python),
-            env=_env(threads),
+            [self.python, "-m", "lfads_lightning", *spec.args],
+            env=_env(spec.threads),
             stdout=log,
             stderr=subprocess.STDOUT if log else None,
             start_new_session=True,
@@ -170,32 +168,33 @@ class LocalLauncher(Launcher):
 
     # ------------------------------------------------------------------ warm slots
 
-    def _submit_warm(self, run_id: str, tracking_uri: str, threads: int | None) -> JobHandle:
-        slot = self._idle_slot(threads)
+    def _submit_warm(self, spec: JobSpec) -> JobHandle:
+        run_id = spec.run_id
+        slot = self._idle_slot(spec.threads, spec.log_dir)
         slot.current = run_id
         assert slot.proc.stdin is not None
-        slot.proc.stdin.write(f"{run_id} {tracking_uri}\n".encode())
+        slot.proc.stdin.write(f"{run_id} {spec.tracking_uri}\n".encode())
         slot.proc.stdin.flush()
         pid = slot.proc.pid
         return JobHandle(self.name, f"{pid}:{run_id}", run_id, {"pid": pid, "warm": True})
 
-    def _idle_slot(self, threads: int | None) -> _Slot:
+    def _idle_slot(self, threads: int | None, log_dir: str | None) -> _Slot:
         for pid, slot in list(self._slots.items()):
             slot.drain()
             if slot.proc.poll() is not None:
                 self._slots.pop(pid)
             elif slot.current is None and slot.threads == threads:
                 return slot
-        return self._spawn_slot(threads)
+        return self._spawn_slot(threads, log_dir)
 
-    def prestart(self, jobs: int, threads: int | None = None) -> None:
+    def prestart(self, jobs: int, threads: int | None = None, log_dir: str | None = None) -> None:
         """Start warm slots before the first jobs, so their imports overlap the caller's setup."""
         if self.warm:
             while len(self._slots) < jobs:
-                self._spawn_slot(threads)
+                self._spawn_slot(threads, log_dir)
 
-    def _spawn_slot(self, threads: int | None) -> _Slot:
-        log = self._log_file(f"warm-{len(self._slots)}-{os.getpid()}")
+    def _spawn_slot(self, threads: int | None, log_dir: str | None) -> _Slot:
+        log = self._log_file(log_dir, f"warm-{len(self._slots)}-{os.getpid()}")
         proc = subprocess.Popen(
             [self.python, "-m", "lfads_lightning", "serve"],
             env=_env(threads),

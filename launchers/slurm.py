@@ -1,9 +1,8 @@
-"""SLURM launcher: each worker job is a submitit job; a batch of members is one job array.
+"""SLURM launcher: each job is a submitit job; a batch of jobs is one job array.
 
-The job runs `lfads_lightning.worker.fit.run_worker` for one MLflow run id (what `lfads worker`
-runs), in the submitit process itself, so a preemption signal reaches the training loop: the
-callable's `checkpoint()` saves the member's state to MLflow and submitit requeues the job
-(submitit owns requeue; Lightning's SLURM auto-requeue is off in `training.make_trainer`).
+The job runs the spec's command (the worker) as a child of the submitit process. Requeue has
+one owner, submitit: on USR2 the worker saves its own state and exits (it registers that
+itself), `WorkerCommand.checkpoint` then hands submitit the same command to requeue.
 
 Job states come from sacct through submitit's watcher, refreshed at most every few seconds for
 all jobs at once. A handle holds only JSON values (the SLURM id such as `123_4`, the submitit
@@ -12,8 +11,11 @@ folder), so a controller started later polls and cancels jobs it did not submit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,11 +25,10 @@ from typing import Any
 
 import submitit
 
-from lfads_lightning.config import from_dict
-from lfads_lightning.errors import ConfigError
-
-from .base import JobHandle, JobState, Launcher
-from .local import THREAD_VARS
+from launchers.base import JobHandle, JobState, Launcher
+from launchers.errors import LauncherError
+from launchers.spec import REQUEUE_EXIT, SPILL_DIR_ENV, THREAD_VARS, JobSpec
+from launchers.typed_options import SectionError, typed_section
 
 # A job that sacct does not list yet right after sbatch is queued, not lost.
 SUBMIT_GRACE_S = 120.0
@@ -90,102 +91,86 @@ def parse_options(options: dict[str, Any]) -> SlurmOptions:
     data = dict(options)
     extra = data.pop("additional_parameters", None) or {}
     if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
-        raise ConfigError(
+        raise LauncherError(
             f"slurm.additional_parameters: expected a mapping of sbatch options "
             f"(e.g. {{mail_type: END}}), got {extra!r}"
         )
-    opts = from_dict(SlurmOptions, data, "slurm.")
+    try:
+        opts = typed_section(SlurmOptions, data, "slurm.")
+    except SectionError as err:
+        raise LauncherError(str(err)) from None
     for name in ("time_min", "cpus_per_task", "array_parallelism"):
         if getattr(opts, name) < 1:
-            raise ConfigError(f"slurm.{name} must be at least 1, got {getattr(opts, name)}")
+            raise LauncherError(f"slurm.{name} must be at least 1, got {getattr(opts, name)}")
     if opts.gpus_per_node < 0:
-        raise ConfigError(f"slurm.gpus_per_node must be 0 or more, got {opts.gpus_per_node}")
+        raise LauncherError(f"slurm.gpus_per_node must be 0 or more, got {opts.gpus_per_node}")
     return dataclasses.replace(opts, additional_parameters=dict(extra))
 
 
-class WorkerJob(submitit.helpers.Checkpointable):
-    """The callable a SLURM job runs: the worker of one MLflow run, requeueable.
+class WorkerCommand(submitit.helpers.Checkpointable):
+    """The callable a SLURM job runs: the job spec's command, as a child process.
 
-    `spill_dir` (the launcher's log folder, which submitit needs on a shared filesystem anyway)
-    holds the checkpoint written on USR2 until the requeued job has uploaded it to MLflow.
+    Preemption is the worker's business: on USR2 (SLURM's warning before preemption or the
+    time limit) the worker saves its own state and exits with REQUEUE_EXIT, leaving its run
+    open. This only passes the signal on, waits for the worker to exit, and gives submitit the
+    same command to requeue; the requeued worker finds what it saved and resumes from it.
     """
 
-    def __init__(
-        self,
-        run_id: str,
-        tracking_uri: str,
-        spill_dir: str | None = None,
-        interrupted: tuple[str, int] | None = None,
-    ) -> None:
-        self.run_id = run_id
-        self.tracking_uri = tracking_uri
-        self.spill_dir = spill_dir
-        self.interrupted = interrupted  # (checkpoint file, epoch) left by the previous execution
+    def __init__(self, command: list[str], env: dict[str, str], grace_s: float = 90.0) -> None:
+        self.command = list(command)
+        self.env = dict(env)
+        self.grace_s = grace_s
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _proc=None)
 
     def __call__(self) -> int:
-        from lfads_lightning.runs import tracking
-        from lfads_lightning.worker.entry import run_worker
-
-        client = tracking.client(self.tracking_uri)
-        status = client.get_run(self.run_id).info.status
-        if status != "RUNNING":  # requeued after its run closed (e.g. USR2 at the very end)
-            print(f"lfads: run {self.run_id} is already {status}; nothing to do", file=sys.stderr)
-            return 0
-        self._upload_interrupted(client)
-        code = run_worker(self.run_id, self.tracking_uri)
+        self._proc = subprocess.Popen(self.command, env={**os.environ, **self.env})
+        # Poll, not wait(): submitit's USR2 handler runs on this thread and calls checkpoint(),
+        # which waits for the worker itself; a blocking wait() here would hold Popen's lock.
+        while (code := self._proc.poll()) is None:
+            time.sleep(0.5)
+        if code == REQUEUE_EXIT:  # the worker got USR2 and this process did not: requeue now
+            signal.raise_signal(signal.SIGUSR2)  # submitit's handler: checkpoint() + requeue
+            raise RuntimeError("the worker saved its state for a requeue, but none happened")
         if code != 0:  # the run already says why (lfads.error); sacct shows FAILED
-            raise RuntimeError(f"lfads worker for run {self.run_id} exited with code {code}")
+            raise RuntimeError(f"worker {' '.join(self.command[-4:])} exited with code {code}")
         return code
 
-    def _upload_interrupted(self, client: Any) -> None:
-        from lfads_lightning.worker.member import upload_interrupted_member
-
-        if self.interrupted is None or not Path(self.interrupted[0]).is_file():
-            return
-        path, epoch = Path(self.interrupted[0]), self.interrupted[1]
-        try:
-            upload_interrupted_member(client, self.run_id, path, epoch)
-        except Exception as err:  # noqa: BLE001 - the member can still redo its generation
-            print(
-                f"lfads: could not upload the checkpoint saved at preemption ({err}); "
-                f"the member starts its generation again",
-                file=sys.stderr,
-            )
-
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on USR2 (preemption, time limit): keep progress, then requeue."""
-        from lfads_lightning.worker.member import save_interrupted_member
-
-        interrupted = self.interrupted
-        if self.spill_dir is not None:
-            dest = Path(self.spill_dir) / "interrupted" / self.run_id / "last.ckpt"
+        """Called by submitit on USR2: let the worker save its state, then requeue the job."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR2)  # a second USR2 (SLURM's own) is harmless
             try:
-                epoch = save_interrupted_member(dest)
-            except Exception as err:  # noqa: BLE001 - never stop the requeue itself
-                print(f"lfads: could not save the member at preemption: {err}", file=sys.stderr)
-                epoch = None
-            if epoch is not None:
-                interrupted = (str(dest), epoch)
-        job = WorkerJob(self.run_id, self.tracking_uri, self.spill_dir, interrupted)
-        return submitit.helpers.DelayedSubmission(job)
+                proc.wait(timeout=self.grace_s)
+            except subprocess.TimeoutExpired:  # it could not save in time: requeue anyway
+                proc.kill()
+        return submitit.helpers.DelayedSubmission(
+            WorkerCommand(self.command, self.env, self.grace_s)
+        )
 
 
 class SlurmLauncher(Launcher):
     name = "slurm"
 
-    def __init__(self, log_dir: str | Path | None = None, **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         self.options = parse_options(options)
-        self.log_dir = Path(log_dir or Path.cwd() / "lfads_output" / "slurm").resolve()
         self._watcher = submitit.slurm.slurm.SlurmInfoWatcher(delay_s=600)
         self._last_sacct = float("-inf")
 
     # ------------------------------------------------------------------ sbatch
 
-    def _executor(self, threads: int | None) -> submitit.SlurmExecutor:
+    def _executor(self, folder: Path, threads: int | None) -> submitit.SlurmExecutor:
         o = self.options
         threads = threads or o.cpus_per_task
         executor = submitit.SlurmExecutor(
-            folder=self.log_dir / "%j", max_num_timeout=o.max_requeues, python=o.python
+            folder=folder / "%j", max_num_timeout=o.max_requeues, python=o.python
         )
         params: dict[str, Any] = {
             "job_name": o.job_name,
@@ -213,9 +198,16 @@ class SlurmLauncher(Launcher):
         executor.update_parameters(**params)
         return executor
 
-    def _handle(self, job: Any, run_id: str) -> JobHandle:
-        info = {"folder": str(self.log_dir), "slurm_submitted": time.time()}
+    def _handle(self, job: Any, run_id: str, folder: Path) -> JobHandle:
+        info = {"folder": str(folder), "slurm_submitted": time.time()}
         return JobHandle(self.name, str(job.job_id), run_id, info)
+
+    def _command(self, spec: JobSpec, folder: Path) -> WorkerCommand:
+        """The worker on the compute node, told where to keep its state across a requeue."""
+        python = self.options.python or sys.executable
+        env = {SPILL_DIR_ENV: str(folder / "interrupted")}
+        grace = max(10.0, self.options.signal_delay_s - 15.0)
+        return WorkerCommand([python, "-m", "lfads_lightning", *spec.args], env, grace)
 
     def sbatch_flags(self) -> list[str]:
         """The resource options as sbatch flags (what `check` asks sbatch about)."""
@@ -242,7 +234,7 @@ class SlurmLauncher(Launcher):
 
     def check(self) -> None:
         if shutil.which("sbatch") is None:
-            raise ConfigError(
+            raise LauncherError(
                 "sbatch not found: run lfads with --launcher slurm on a SLURM login node "
                 "(or start the local cluster: tools/slurm_cluster.sh start)"
             )
@@ -250,34 +242,35 @@ class SlurmLauncher(Launcher):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["(no message)"]
-            raise ConfigError(
+            raise LauncherError(
                 f"sbatch rejects the slurm: options ({lines[0].removeprefix('sbatch: error: ')}); "
                 f"fix slurm.partition, account, qos, time_min or the resource requests"
             )
 
-    def submit(self, run_id: str, tracking_uri: str, threads: int | None = None) -> JobHandle:
-        return self.submit_many([run_id], tracking_uri, threads)[0]
+    def submit(self, spec: JobSpec) -> JobHandle:
+        return self.submit_many([spec])[0]
 
-    def submit_many(
-        self, run_ids: list[str], tracking_uri: str, threads: int | None = None
-    ) -> list[JobHandle]:
-        """One sbatch for the whole batch: a job array when there are several runs."""
-        if not run_ids:
+    def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
+        """One sbatch for the whole batch: a job array when there are several jobs (they share
+        the first spec's threads and log folder, as a generation's members do)."""
+        if not specs:
             return []
-        executor = self._executor(threads)
-        spill = str(self.log_dir)
+        folder = Path(specs[0].log_dir or Path.cwd() / "lfads_output" / "slurm").resolve()
+        executor = self._executor(folder, specs[0].threads)
         jobs = []
         try:
             with executor.batch():
-                for run_id in run_ids:
-                    jobs.append(executor.submit(WorkerJob(run_id, tracking_uri, spill)))
+                for spec in specs:
+                    jobs.append(executor.submit(self._command(spec, folder)))
         except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as err:
             first = (str(err).strip().splitlines() or ["(no message)"])[0]
-            raise ConfigError(
+            raise LauncherError(
                 f"sbatch refused the job ({first}); check the slurm: options "
                 f"(partition, account, qos, time_min)"
             ) from None
-        handles = [self._handle(job, run_id) for job, run_id in zip(jobs, run_ids, strict=True)]
+        handles = [
+            self._handle(job, spec.run_id, folder) for job, spec in zip(jobs, specs, strict=True)
+        ]
         for handle in handles:
             self._watcher.register_job(handle.job_id)
         return handles
@@ -298,6 +291,22 @@ class SlurmLauncher(Launcher):
             if time.time() - submitted < SUBMIT_GRACE_S:
                 return JobState.PENDING  # sacct has not caught up with sbatch yet
         return state
+
+    def describe(self, handle: JobHandle) -> str:
+        """sacct's state and, if submitit gave up on a requeue, its reason (from the job log)."""
+        text = self._watcher.get_state(handle.job_id, mode="cache") or "unknown"
+        folder = handle.info.get("folder")
+        if folder:
+            log = submitit.SlurmJob(Path(folder) / "%j", handle.job_id).paths.stdout
+            if log.is_file():
+                reasons = [
+                    ln
+                    for ln in log.read_text(errors="replace").splitlines()
+                    if "not requeued" in ln
+                ]
+                if reasons:
+                    text += ": " + reasons[-1].split("not requeued because:")[-1].strip(" .")
+        return text
 
     def cancel(self, handle: JobHandle) -> None:
         """scancel; a no-op for a job that already ended (scancel then only complains)."""

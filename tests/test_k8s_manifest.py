@@ -7,23 +7,24 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from launchers import JobSpec, LauncherError
 from launchers.k8s_manifest import job_manifest, job_name, parse_options
-from lfads_lightning.errors import ConfigError
 
 from .helpers import lfads
 
-TAGS = {
-    "lfads.kind": "pbt_member",
-    "lfads.member": "3",
-    "lfads.generation": "12",
-    "lfads.attempt": "1",
-    "mlflow.parentRunId": "0123456789abcdef0123456789abcdef",
+LABELS = {
+    "kind": "pbt_member",
+    "member": "3",
+    "generation": "12",
+    "attempt": "1",
+    "pbt-run": "0123456789abcdef0123456789abcdef",
 }
 RUN = "fedcba9876543210fedcba9876543210"
+SPEC = JobSpec(RUN, "http://mlflow:5000", threads=2, labels=LABELS)
 
 
 def build(**options):
-    return job_manifest(parse_options(options), RUN, "http://mlflow:5000", TAGS, threads=2)
+    return job_manifest(parse_options(options), SPEC)
 
 
 def test_security_defaults():
@@ -49,11 +50,11 @@ def test_security_defaults():
 def test_labels_tie_the_job_to_run_member_and_generation():
     job = build(labels={"team": "neuro"})
     labels = job["metadata"]["labels"]
-    assert labels["lfads.io/pbt-run"] == TAGS["mlflow.parentRunId"]
+    assert labels["lfads.io/pbt-run"] == LABELS["pbt-run"]
     assert labels["lfads.io/member"] == "3" and labels["lfads.io/generation"] == "12"
     assert labels["lfads.io/run-id"] == RUN and labels["team"] == "neuro"
     assert job["spec"]["template"]["metadata"]["labels"] == labels
-    assert job["metadata"]["name"] == job_name(RUN, TAGS) == "lfads-m03-g012-a1-fedcba987654"
+    assert job["metadata"]["name"] == job_name(SPEC) == "lfads-m03-g012-a1-fedcba987654"
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["lfads"]
     assert c["args"] == ["worker", "--run-id", RUN, "--tracking-uri", "http://mlflow:5000"]
@@ -67,7 +68,7 @@ def test_credentials_only_as_secret_references():
         assert "value" not in env[var]
         assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "key"}
-    with pytest.raises(ConfigError, match="secret_env"):
+    with pytest.raises(LauncherError, match="secret_env"):
         build(env={"MLFLOW_TRACKING_PASSWORD": "hunter2"})
 
 
@@ -116,7 +117,7 @@ def test_options_are_all_rendered():
     ],
 )
 def test_bad_options_name_the_problem(options, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(LauncherError, match=message):
         parse_options(options)
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from launchers import JobSpec
 from launchers.k8s_manifest import job_manifest, parse_options
 
 from .helpers import lfads
@@ -205,8 +206,9 @@ def test_manifests_pass_server_side_dry_run(tmp_path):
         secret_env={"AWS_SECRET_ACCESS_KEY": "s3-credentials/secret"},
         active_deadline_seconds=3600,
     )
-    tags = {"lfads.member": "0", "lfads.generation": "0", "mlflow.parentRunId": "a" * 32}
-    manifest = job_manifest(parse_options(options), "b" * 32, "http://mlflow:5000", tags, 1)
+    labels = {"member": "0", "generation": "0", "pbt-run": "a" * 32}
+    spec = JobSpec("b" * 32, "http://mlflow:5000", threads=1, labels=labels)
+    manifest = job_manifest(parse_options(options), spec)
     created = batch.create_namespaced_job("default", manifest, dry_run="All")
     sc = created.spec.template.spec.containers[0].security_context
     assert sc.run_as_non_root and not sc.allow_privilege_escalation
@@ -240,7 +242,7 @@ def test_a_new_launcher_adopts_a_job_from_its_recorded_handle(tmp_path):
     sleeper = kube_options(command=["/bin/sh", "-c", "sleep 600", "sh"])  # args are ignored
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = get_launcher("kubernetes", **sleeper)
-    handle = first.submit("c" * 32, uri)
+    handle = first.submit(JobSpec("c" * 32, uri))
     stored = json.loads(json.dumps({"job_id": handle.job_id, **handle.info}))
     first.close()
     second = get_launcher("kubernetes", **sleeper)
@@ -282,7 +284,7 @@ def test_tracking_credentials_reach_the_pod_only_through_the_secret(tmp_path):
     launcher = get_launcher(
         "kubernetes", **kube_options(command=["/bin/sh", "-c", check, "sh"], tracking_secret=name)
     )
-    handle = launcher.submit("d" * 32, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    handle = launcher.submit(JobSpec("d" * 32, f"sqlite:///{tmp_path / 'mlflow.db'}"))
     job = batch.read_namespaced_job(handle.info["name"], "default")
     env = {e.name: e for e in job.spec.template.spec.containers[0].env}
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

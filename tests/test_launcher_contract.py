@@ -14,7 +14,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from launchers import JobState, get_launcher
+from launchers import JobSpec, JobState, get_launcher
 from lfads_lightning.config import LfadsConfig
 from lfads_lightning.data.synth import make_dataset
 from lfads_lightning.runs import tracking
@@ -23,9 +23,9 @@ from .helpers import member_tags
 from .k8s_helpers import kube_options
 
 LAUNCHERS = {
-    "local-cold": lambda tmp: get_launcher("local", log_dir=tmp / "logs"),
-    "local-warm": lambda tmp: get_launcher("local", log_dir=tmp / "logs", warm=True),
-    "slurm": lambda tmp: get_launcher("slurm", log_dir=tmp / "logs"),
+    "local-cold": lambda tmp: get_launcher("local"),
+    "local-warm": lambda tmp: get_launcher("local", warm=True),
+    "slurm": lambda tmp: get_launcher("slurm"),
     # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
     "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options()),
 }
@@ -86,11 +86,16 @@ def wait_terminal(launcher, handle, timeout: float = 120.0) -> JobState:
     raise AssertionError(f"job did not end within {timeout} s")
 
 
-def test_successful_job(launcher, store):
+def spec(run_id: str, uri: str, tmp_path) -> JobSpec:
+    """The job spec alone: every launcher gets the same one."""
+    return JobSpec(run_id, uri, threads=1, labels={"kind": "fit"}, log_dir=str(tmp_path / "logs"))
+
+
+def test_successful_job(launcher, store, tmp_path):
     uri, cfg = store
     run_id = tracking.create_config_run(cfg, uri, {"kind": "fit"})
     start = time.monotonic()
-    handle = launcher.submit(run_id, uri, threads=1)
+    handle = launcher.submit(spec(run_id, uri, tmp_path))
     assert time.monotonic() - start < 5.0, "submit must return at once"
     assert handle.run_id == run_id and handle.launcher == launcher.name
     assert wait_terminal(launcher, handle) == JobState.SUCCEEDED
@@ -103,18 +108,18 @@ def test_failing_job(launcher, store, tmp_path):
         cfg, data=dataclasses.replace(cfg.data, paths=[str(tmp_path / "gone.h5")])
     )
     run_id = tracking.create_config_run(missing, uri, {"kind": "fit"})
-    handle = launcher.submit(run_id, uri, threads=1)
+    handle = launcher.submit(spec(run_id, uri, tmp_path))
     assert wait_terminal(launcher, handle) == JobState.FAILED
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FAILED" and "gone.h5" in run.data.tags["lfads.error"]
 
 
-def test_cancel_a_running_job(launcher, store):
+def test_cancel_a_running_job(launcher, store, tmp_path):
     """A member job told to hang (test fault) runs until cancelled."""
     uri, cfg = store
     tags = {**member_tags(target_epoch=1), "test_fault": "hang"}
     run_id = tracking.create_config_run(cfg, uri, tags)
-    handle = launcher.submit(run_id, uri, threads=1)
+    handle = launcher.submit(spec(run_id, uri, tmp_path))
     client = MlflowClient(uri)
     deadline = time.monotonic() + 60
     while "lfads.heartbeat" not in client.get_run(run_id).data.tags:  # the job really started

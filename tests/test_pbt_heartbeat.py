@@ -25,8 +25,8 @@ class ScriptedLauncher(Launcher):
         self.state = JobState.PENDING
         self.cancelled: list[str] = []
 
-    def submit(self, run_id, tracking_uri, threads=None):
-        return JobHandle(self.name, "1", run_id)
+    def submit(self, spec):
+        return JobHandle(self.name, "1", spec.run_id)
 
     def poll(self, handle):
         return self.state

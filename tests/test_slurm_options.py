@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from launchers import JobState, get_launcher
-from lfads_lightning.errors import ConfigError
+from launchers import JobState, LauncherError, get_launcher
 
 from .helpers import lfads
 
 
 def test_unknown_option_lists_the_valid_ones():
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(LauncherError) as err:
         get_launcher("slurm", partitoin="gpu")
     msg = str(err.value)
     assert "slurm.partitoin" in msg and "slurm.partition" in msg and "slurm.setup" in msg
@@ -31,14 +30,13 @@ def test_unknown_option_lists_the_valid_ones():
     ],
 )
 def test_bad_values_are_config_errors(options, needle):
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(LauncherError, match=needle):
         get_launcher("slurm", **options)
 
 
 def test_sbatch_script_carries_the_options(tmp_path):
     launcher = get_launcher(
         "slurm",
-        log_dir=tmp_path,
         partition="gpu",
         account="lab",
         qos="high",
@@ -52,7 +50,7 @@ def test_sbatch_script_carries_the_options(tmp_path):
         array_parallelism=3,
     )
     assert launcher.default_concurrency(8) == 8 and launcher.default_threads(8) == 4
-    executor = launcher._executor(threads=None)
+    executor = launcher._executor(tmp_path, threads=None)
     executor.parameters["map_count"] = 8  # as for a job array of 8 members
     text = executor._make_submission_file_text("python -m x", "uid")
     for line in (

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from launchers.registry import LAUNCHER_NAMES
-
 from lfads_lightning.cli.common import (
     add_tracking_uri,
     prepare_run,
@@ -16,7 +15,7 @@ from lfads_lightning.cli.common import (
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from launchers import JobState, get_launcher
+    from launchers import JobSpec, JobState, get_launcher
     from lfads_lightning.config import load_config, load_launcher_sections
     from lfads_lightning.runs import tracking
 
@@ -31,7 +30,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        handle = launcher.submit(run_id, uri, threads=cfg.train.threads or None)
+        spec = JobSpec(run_id, uri, threads=cfg.train.threads or None, labels={"kind": "fit"})
+        handle = launcher.submit(spec)
     except Exception as err:  # never leave the run RUNNING for a job that does not exist
         tracking.mark_failed(uri, run_id, f"job submission failed: {err}")
         raise
@@ -43,7 +43,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print("lfads: interrupted; the run is marked KILLED", file=sys.stderr)
         return 130
     if state != JobState.SUCCEEDED:
-        tracking.mark_failed(uri, run_id, f"worker job ended in state {state}")
+        tracking.mark_failed(uri, run_id, f"worker job ended: {launcher.describe(handle)}")
         print(
             f"lfads: run {run_id} failed (job {state}); the run is marked FAILED", file=sys.stderr
         )

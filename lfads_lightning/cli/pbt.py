@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from launchers.registry import LAUNCHER_NAMES
-
 from lfads_lightning.cli.common import (
     add_tracking_uri,
     prepare_data,
@@ -75,8 +75,6 @@ def _start(args: argparse.Namespace) -> int:
     sections = load_launcher_sections(config_path, overrides)
     launcher_name = args.launcher or "local"
     if getattr(args, "dry_run", False):  # generation 0's Jobs, printed; nothing is created
-        from launchers.k8s_manifest import dry_run_yaml
-
         print(dry_run_yaml(launcher_name, sections, resolve_paths(base), pbt, args.tracking_uri))
         return 0
     base, uri = prepare_run(base, args.tracking_uri, launcher_name, sections.get(launcher_name))
@@ -90,6 +88,30 @@ def _start(args: argparse.Namespace) -> int:
         launcher_options=sections,
     )
     return 0
+
+
+def dry_run_yaml(
+    launcher: str, sections: dict[str, Any], base: Any, pbt: Any, tracking_uri: str | None
+) -> str:
+    """`lfads pbt --dry-run`: generation 0's Jobs as YAML, with placeholder run ids. Secrets
+    appear only as references (secretKeyRef), as in the real manifests."""
+    import yaml
+
+    from launchers import JobSpec
+    from launchers.k8s_manifest import job_manifest, parse_options
+    from lfads_lightning.runs import tracking
+
+    if launcher != "kubernetes":
+        raise ConfigError("--dry-run prints Kubernetes Jobs; use it with --launcher kubernetes")
+    options = parse_options(sections.get("kubernetes"))
+    uri = tracking.resolve_uri(tracking_uri or base.tracking.uri)
+    docs = []
+    for m in range(pbt.population):
+        labels = {"kind": "pbt_member", "pbt-run": "dry-run-parent", "member": str(m)}
+        labels.update(generation="0", attempt="0")
+        spec = JobSpec(f"dry-run-m{m:02d}", uri, threads=base.train.threads or None, labels=labels)
+        docs.append(job_manifest(options, spec))
+    return yaml.safe_dump_all(docs, sort_keys=False).rstrip()
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from launchers import JobHandle, JobSpec, JobState
 from lfads_lightning.config import LfadsConfig, dump_yaml
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig, with_hparams
@@ -73,6 +74,7 @@ class Controller:
         threads_per_member: int = 1,
         concurrency: int = 1,
         log: Any = None,
+        log_dir: str | None = None,
     ) -> None:
         self.uri = uri
         self.client = tracking.client(uri)
@@ -85,6 +87,7 @@ class Controller:
         # Last time each member's job was seen queued: the heartbeat clock starts when it runs.
         self._last_queued: dict[str, float] = {}
         self.concurrency = max(1, concurrency)
+        self.log_dir = log_dir  # where member jobs' logs go (the launcher decides if None)
         self._log = log or (lambda msg: print(f"lfads pbt: {msg}", file=sys.stderr, flush=True))
 
     # ------------------------------------------------------------------ member runs
@@ -151,7 +154,7 @@ class Controller:
 
     def run(self) -> str:
         """Drive the population to the end; returns the best member's run id."""
-        self.launcher.prestart(self.concurrency, self.threads)
+        self.launcher.prestart(self.concurrency, self.threads, self.log_dir)
         while True:
             members = load_members(self.client, self.parent)
             generation = max((m.generation for m in members), default=-1)
@@ -225,7 +228,7 @@ class Controller:
             self._log(f"generation {generation}: adopting {len(running)} running member job(s)")
         for m in latest.values():  # also the jobs that ended while no controller was running
             if m.job.get("job_id") and m.job.get("launcher") == self.launcher.name:
-                self.launcher.adopt(self._handle(m), self.uri)
+                self.launcher.adopt(self._handle(m))
         n_done = sum(1 for m in latest.values() if m.done)
         self._log(
             f"generation {generation}: {n_done}/{len(latest)} done, {len(pending)} to run (target epoch {target_epoch(self.pbt, generation)})"
@@ -259,9 +262,7 @@ class Controller:
                 time.sleep(self.poll_interval)
 
     def _submit(self, members: list[MemberRun]) -> list[MemberRun]:
-        handles = self.launcher.submit_many(
-            [m.run_id for m in members], self.uri, threads=self.threads
-        )
+        handles = self.launcher.submit_many([self._spec(m) for m in members])
         submitted = []
         for m, handle in zip(members, handles, strict=True):
             job = {
@@ -275,9 +276,28 @@ class Controller:
             submitted.append(dataclasses.replace(m, state=RUNNING, job=job))
         return submitted
 
-    def _handle(self, m: MemberRun) -> Any:
-        from launchers import JobHandle
+    def _spec(self, m: MemberRun) -> JobSpec:
+        """The member's worker job: labelled with the PBT run, member, generation and attempt."""
+        labels = {
+            "kind": "pbt_member",
+            "pbt-run": self.parent,
+            "member": str(m.member),
+            "generation": str(m.generation),
+            "attempt": str(m.attempt),
+        }
+        name = self.run_name(m.member, m.generation) + f"-a{m.attempt}"
+        return JobSpec(
+            m.run_id, self.uri, threads=self.threads, labels=labels, log_dir=self.log_dir, name=name
+        )
 
+    def final_spec(self) -> JobSpec:
+        """The job that posterior-samples the best member onto the parent run (worker/final)."""
+        labels = {"kind": "pbt_final", "pbt-run": self.parent}
+        return JobSpec(
+            self.parent, self.uri, threads=self.threads, labels=labels, log_dir=self.log_dir
+        )
+
+    def _handle(self, m: MemberRun) -> JobHandle:
         info = {k: v for k, v in m.job.items() if k not in ("launcher", "job_id", "submitted_at")}
         return JobHandle(
             m.job.get("launcher", self.launcher.name), str(m.job.get("job_id", "")), m.run_id, info
@@ -301,15 +321,18 @@ class Controller:
         run = self.client.get_run(m.run_id)
         outcome = self._closed_outcome(run)
         if outcome is not None:
+            if m.job.get("job_id"):
+                self.launcher.release(self._handle(m))
             return outcome
         if not m.job.get("job_id"):
             return "no job handle recorded"
         job_state = self.launcher.poll(self._handle(m))
-        if job_state.terminal or job_state.value == "unknown":
+        if job_state.terminal or job_state == JobState.UNKNOWN:
             time.sleep(0.5)  # the worker may be closing its run right now
             outcome = self._closed_outcome(self.client.get_run(m.run_id))
-            return outcome or f"job ended ({job_state.value}) without closing its run"
-        if job_state.value == "pending":  # waiting in a cluster queue: nothing to beat yet
+            how = self.launcher.describe(self._handle(m))
+            return outcome or f"job ended ({how}) without closing its run"
+        if job_state == JobState.PENDING:  # waiting in a cluster queue: nothing to beat yet
             self._last_queued[m.run_id] = time.time()
             return None
         beat = run.data.tags.get(P + "heartbeat")

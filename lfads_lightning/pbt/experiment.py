@@ -128,44 +128,34 @@ def run_pbt(
     launcher_options: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """Run (or resume) PBT, or with `search` an Optuna search, to the end; returns the parent id."""
-    from launchers import get_launcher
+    from lfads_lightning.pbt.finish import finish
 
     client = tracking.client(uri)
     if parent is None:
-        digest = config_hash(base, pbt) + (f"-{search}-{n_trials}" if search else "")
-        parent = find_unfinished(client, base, digest, "search" if search else "pbt")
-        if parent:
-            print(f"lfads pbt: resuming unfinished PBT run {parent} (same config)", file=sys.stderr)
-        else:
-            parent = create_parent(
-                base, pbt, uri, launcher_name, digest, search, n_trials, launcher_options
-            )
-            print(
-                f"lfads pbt: new PBT run {parent} (experiment '{base.tracking.experiment}', tracking {uri})",
-                file=sys.stderr,
-            )
-    log_dir = Path(base.output.dir) / parent / "logs"
-    options = dict((launcher_options or {}).get(launcher_name) or {})
-    if launcher_name == "local":
-        # Warm workers: a member job would otherwise pay interpreter start + imports each time.
-        options.setdefault("warm", os.environ.get("LFADS_LOCAL_WARM", "1") != "0")
-    options.setdefault("log_dir", log_dir)
-    launcher = get_launcher(launcher_name, **options)
+        parent = _open_parent(
+            client, base, pbt, uri, launcher_name, search, n_trials, launcher_options
+        )
+    run_dir = Path(base.output.dir) / parent
+    log_dir = str(run_dir / "logs")
+    launcher = _make_launcher(launcher_name, launcher_options)
     concurrency = pbt.concurrency or launcher.default_concurrency(pbt.population)
     threads = base.train.threads or launcher.default_threads(concurrency)
     args = (uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
     if search:
         from lfads_lightning.pbt.search import SearchController
 
-        controller = SearchController(*args, sampler=search, n_trials=n_trials or pbt.population)
+        controller = SearchController(
+            *args, sampler=search, n_trials=n_trials or pbt.population, log_dir=log_dir
+        )
     else:
-        controller = Controller(*args)
+        controller = Controller(*args, log_dir=log_dir)
     try:
         try:
             best_run = controller.run()
+            spec = controller.final_spec()
+            finish(client, uri, parent, best_run, pbt, launcher, spec, run_dir)
         finally:
             launcher.close()
-        finish(client, uri, parent, best_run, pbt)
     except LfadsError as err:
         client.set_tag(parent, "lfads.state", "failed")
         client.set_tag(parent, "lfads.error", str(err))
@@ -180,54 +170,40 @@ def run_pbt(
     return parent
 
 
-def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) -> None:
-    """Posterior-sample the best member onto the parent run and write the report."""
-    from lfads_lightning.model.module import LfadsModule
-    from lfads_lightning.pbt import report
-    from lfads_lightning.worker.fit import sample_and_log
-    from lfads_lightning.worker.member import CHECKPOINT_ARTIFACT
-    from lfads_lightning.worker.setup import datamodule_for, load_run_config, set_threads
-
-    members = load_members(client, parent)
-    best = next(m for m in members if m.run_id == best_run)
-    cfg = load_run_config(client, best_run)
-    set_threads(0)
-    run_dir = Path(cfg.output.dir) / parent
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = client.download_artifacts(best_run, CHECKPOINT_ARTIFACT, tmp)
-        module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
-    dm = datamodule_for(cfg)
+def _open_parent(
+    client: Any,
+    base: LfadsConfig,
+    pbt: PbtConfig,
+    uri: str,
+    launcher_name: str,
+    search: str | None,
+    n_trials: int | None,
+    launcher_options: dict[str, dict[str, Any]] | None,
+) -> str:
+    """The unfinished parent run of this exact config (re-running resumes it), else a new one."""
+    digest = config_hash(base, pbt) + (f"-{search}-{n_trials}" if search else "")
+    parent = find_unfinished(client, base, digest, "search" if search else "pbt")
+    if parent:
+        print(f"lfads pbt: resuming unfinished PBT run {parent} (same config)", file=sys.stderr)
+        return parent
+    parent = create_parent(
+        base, pbt, uri, launcher_name, digest, search, n_trials, launcher_options
+    )
     print(
-        f"lfads pbt: posterior-sampling the best member {best.member} (run {best_run})",
+        f"lfads pbt: new PBT run {parent} (experiment '{base.tracking.experiment}', tracking {uri})",
         file=sys.stderr,
     )
-    metrics = sample_and_log(cfg, module, dm, client, parent, run_dir)
-    metrics["pbt/best_fitness_final"] = float(best.fitness)
-    metrics["pbt/generations"] = float(max(m.generation for m in members) + 1)
-    tracking.log_metrics(client, parent, metrics)
-    report_dir = run_dir / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    from lfads_lightning.evaluation.figures import save_figure
+    return parent
 
-    paths = [
-        save_figure(report.fitness_figure(members), report_dir / "fitness_per_generation.png"),
-        save_figure(
-            report.hparam_evolution_figure(members, pbt.space),
-            report_dir / "hyperparameter_evolution.png",
-        ),
-        report.write_summary_csv(members, report_dir / "summary.csv"),
-    ]
-    for path in paths:
-        client.log_artifact(parent, str(path), "report")
-    client.set_tag(parent, "lfads.best_run", best_run)
-    client.set_tag(parent, "lfads.best_member", str(best.member))
-    client.set_tag(parent, "lfads.state", "finished")
-    client.set_terminated(parent, status="FINISHED")
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("posterior/")}
-    print(
-        f"lfads pbt: finished {parent}: best member {best.member}, fitness {best.fitness:.6g}, {shown}",
-        file=sys.stderr,
-    )
+
+def _make_launcher(name: str, launcher_options: dict[str, dict[str, Any]] | None) -> Any:
+    from launchers import get_launcher
+
+    options = dict((launcher_options or {}).get(name) or {})
+    if name == "local":
+        # Warm workers: a member job would otherwise pay interpreter start + imports each time.
+        options.setdefault("warm", os.environ.get("LFADS_LOCAL_WARM", "1") != "0")
+    return get_launcher(name, **options)
 
 
 def status(client: Any, parent: str, generations: str = "latest") -> str:

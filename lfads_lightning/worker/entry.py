@@ -6,19 +6,33 @@ from __future__ import annotations
 
 import sys
 import traceback
+from typing import Any
 
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.runs import tracking
+from lfads_lightning.worker import preemption
 from lfads_lightning.worker.setup import load_run_config
+
+PARENT_KINDS = ("pbt", "search")  # a parent run's job is its final posterior sampling
 
 
 def run_worker(run_id: str, uri: str) -> int:
-    """Entry point of `lfads worker`: never leaves the run RUNNING, whatever happens."""
+    """Entry point of `lfads worker`: never leaves the run RUNNING, whatever happens (except on
+    preemption, where the run stays open for the requeued job)."""
+    preemption.install()
     try:
         client = tracking.client(uri)
         run = client.get_run(run_id)
+        kind = run.data.tags.get(tracking.TAG_PREFIX + "kind", "fit")
+        if kind in PARENT_KINDS:
+            return _final_sampling(client, run_id)
+        if run.info.status != "RUNNING":  # requeued after its run closed (USR2 at the very end)
+            print(
+                f"lfads: run {run_id} is already {run.info.status}; nothing to do", file=sys.stderr
+            )
+            return 0
         cfg = load_run_config(client, run_id)
-        if run.data.tags.get(tracking.TAG_PREFIX + "kind") == "pbt_member":
+        if kind == "pbt_member":
             from lfads_lightning.worker.member import train_member
 
             fitness = train_member(cfg, run, uri)
@@ -32,6 +46,10 @@ def run_worker(run_id: str, uri: str) -> int:
         shown = {k: round(v, 4) for k, v in summary.items() if k.startswith("posterior/")}
         print(f"lfads: run {run_id} finished: {shown}", file=sys.stderr)
         return 0
+    except preemption.Preempted as err:
+        preemption.ignore_further()
+        print(f"lfads: {err}; state saved for the requeued job", file=sys.stderr)
+        return preemption.REQUEUE_EXIT
     except LfadsError as err:
         print(f"error: {err}", file=sys.stderr)
         tracking.mark_failed(uri, run_id, str(err))
@@ -44,3 +62,18 @@ def run_worker(run_id: str, uri: str) -> int:
         traceback.print_exc()
         tracking.mark_failed(uri, run_id, f"{type(err).__name__}: {err}")
         return 1
+
+
+def _final_sampling(client: Any, parent: str) -> int:
+    """The parent stays open whatever happens: the controller reports and closes it."""
+    from lfads_lightning.worker.final import sample_best_member
+
+    try:
+        sample_best_member(client, parent)
+    except LfadsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception:  # noqa: BLE001 - the controller sees the job fail and says so
+        traceback.print_exc()
+        return 1
+    return 0

@@ -26,6 +26,7 @@ def fit_run(cfg: LfadsConfig, run_id: str, uri: str) -> dict[str, float]:
 
     from lfads_lightning.model.module import LfadsModule
     from lfads_lightning.worker.callbacks import BurnInEarlyStopping, MlflowEpochLogger
+    from lfads_lightning.worker.preemption import SaveOnPreemption
 
     client = tracking.client(uri)
     threads = set_threads(cfg.train.threads)
@@ -41,7 +42,8 @@ def fit_run(cfg: LfadsConfig, run_id: str, uri: str) -> dict[str, float]:
         save_last=True,
         save_top_k=1,
     )
-    callbacks: list[Any] = [ckpt, MlflowEpochLogger(uri, run_id)]
+    # On USR2 (SLURM) a fit stops at once and is requeued; it then starts over.
+    callbacks: list[Any] = [ckpt, MlflowEpochLogger(uri, run_id), SaveOnPreemption(run_id)]
     if cfg.train.early_stopping:
         callbacks.append(
             BurnInEarlyStopping("valid/recon_smth", cfg.train.patience, burn_in_epochs(cfg))

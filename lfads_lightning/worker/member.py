@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,42 +22,31 @@ from lightning.pytorch.callbacks import Callback
 from lfads_lightning.config import LfadsConfig
 from lfads_lightning.runs import tracking
 from lfads_lightning.runs.schema import FAILED, FINISHED, FITNESS_METRIC, RUNNING, P, set_state
+from lfads_lightning.worker import preemption
 
 CHECKPOINT_ARTIFACT = "checkpoints/last.ckpt"
 
-# The member training in this process, for save_interrupted_member (a signal handler).
-_ACTIVE: dict[str, Any] = {}
 
-
-def save_interrupted_member(dest: Path) -> int | None:
-    """Write the training member's state to `dest` and return its epoch (None: no member is
-    training here). Called from a signal handler (SLURM's USR2 before preemption or the time
-    limit), so it only writes a local file: the interrupted main thread may be halfway through
-    an MLflow write (an sqlite store is then locked) or through Lightning's own checkpoint save,
-    and neither may be re-entered. The requeued job uploads the file (upload_interrupted_member).
-    """
-    import torch
-
-    trainer = _ACTIVE.get("trainer")
-    if trainer is None:
-        return None
-    # What trainer.save_checkpoint writes, without its fsspec transaction (not re-entrant).
-    state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, dest)
-    return int(trainer.current_epoch)
-
-
-def upload_interrupted_member(client: Any, run_id: str, path: Path, epoch: int) -> None:
-    """Make a checkpoint saved by save_interrupted_member the run's own checkpoint artifact,
-    which train_member resumes from; the local file goes once MLflow has it."""
-    if path.name != Path(CHECKPOINT_ARTIFACT).name:
-        raise ValueError(f"an interrupted member's checkpoint must be named last.ckpt: {path}")
-    client.log_artifact(run_id, str(path), str(Path(CHECKPOINT_ARTIFACT).parent))
+def upload_spilled_checkpoint(client: Any, run_id: str) -> None:
+    """Make the state a preempted execution of this run saved (worker/preemption) the run's own
+    checkpoint artifact, which train_member resumes from; the local file goes once MLflow has
+    it. If the upload fails, the member redoes its generation."""
+    spilled = preemption.spilled_checkpoint(run_id)
+    if spilled is None:
+        return
+    path, epoch = spilled
+    try:
+        client.log_artifact(run_id, str(path), str(Path(CHECKPOINT_ARTIFACT).parent))
+    except Exception as err:  # noqa: BLE001
+        print(
+            f"lfads: could not upload the checkpoint saved at preemption ({err}); "
+            "the member starts its generation again",
+            file=sys.stderr,
+        )
+        return
     client.set_tag(run_id, P + "interrupted_at_epoch", str(epoch))
     path.unlink()
+    path.with_name("epoch").unlink(missing_ok=True)
 
 
 def _own_checkpoint(client: Any, run_id: str, work: str) -> str | None:
@@ -143,7 +133,13 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     target_epoch = int(tags[P + "target_epoch"])
     dm = datamodule_for(cfg)
     module = build_module(cfg, dm)
-    callbacks = [ApplyHyperparameters(hparams), MlflowEpochLogger(uri, run_id), heartbeat]
+    callbacks = [
+        ApplyHyperparameters(hparams),
+        MlflowEpochLogger(uri, run_id),
+        heartbeat,
+        preemption.SaveOnPreemption(run_id),
+    ]
+    upload_spilled_checkpoint(client, run_id)
     # Everything a member keeps goes to MLflow; its local files live only as long as the job.
     with tempfile.TemporaryDirectory(prefix="lfads-member-") as work:
         source = tags.get(P + "copied_from")
@@ -155,11 +151,7 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
         trainer = make_trainer(
             cfg, Path(work), callbacks, max_epochs=target_epoch, resuming=ckpt is not None
         )
-        _ACTIVE.update(trainer=trainer, client=client, run_id=run_id, work=work)
-        try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        finally:
-            _ACTIVE.clear()
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if trainer.interrupted:
             raise KeyboardInterrupt
         path = Path(work) / "last.ckpt"

@@ -1,0 +1,85 @@
+"""Finishing a PBT or search run: the best member's posterior sampling as a worker job through
+the same launcher, then the report, then the parent run closed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from launchers import JobSpec, JobState
+from lfads_lightning.errors import LfadsError
+from lfads_lightning.pbt.config import PbtConfig
+from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import load_members
+from lfads_lightning.worker.final import BEST_RUN_TAG, SAMPLED_TAG
+
+
+def finish(
+    client: Any,
+    uri: str,
+    parent: str,
+    best_run: str,
+    pbt: PbtConfig,
+    launcher: Any,
+    spec: JobSpec,
+    run_dir: Path,
+) -> None:
+    """Posterior-sample the best member onto the parent (a worker job), report, close."""
+    members = load_members(client, parent)
+    best = next(m for m in members if m.run_id == best_run)
+    client.set_tag(parent, BEST_RUN_TAG, best_run)
+    client.set_tag(parent, tracking.TAG_PREFIX + "best_member", str(best.member))
+    run = client.get_run(parent)
+    if run.data.tags.get(SAMPLED_TAG) != "1":  # a resumed run may have sampled already
+        print(
+            f"lfads pbt: posterior-sampling the best member {best.member} (run {best_run}) "
+            f"on launcher '{launcher.name}'",
+            file=sys.stderr,
+        )
+        _run_final_job(client, parent, launcher, spec)
+    metrics = dict(client.get_run(parent).data.metrics)
+    summary = {
+        "pbt/best_fitness_final": float(best.fitness),
+        "pbt/generations": float(max(m.generation for m in members) + 1),
+    }
+    tracking.log_metrics(client, parent, summary)
+    _write_report(client, parent, members, pbt, run_dir)
+    client.set_tag(parent, tracking.TAG_PREFIX + "state", "finished")
+    client.set_terminated(parent, status="FINISHED")
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("posterior/")}
+    print(
+        f"lfads pbt: finished {parent}: best member {best.member}, fitness {best.fitness:.6g}, {shown}",
+        file=sys.stderr,
+    )
+
+
+def _run_final_job(client: Any, parent: str, launcher: Any, spec: JobSpec) -> None:
+    handle = launcher.submit(spec)
+    state = launcher.wait(handle, poll_interval=1.0)
+    if state != JobState.SUCCEEDED or client.get_run(parent).data.tags.get(SAMPLED_TAG) != "1":
+        where = f" (log: {spec.log_dir}/{parent}.log)" if spec.log_dir else ""
+        raise LfadsError(
+            f"posterior sampling of the best member failed (job {state.value}){where}; "
+            f"resume with: lfads pbt --resume {parent}"
+        )
+
+
+def _write_report(
+    client: Any, parent: str, members: list[Any], pbt: PbtConfig, run_dir: Path
+) -> None:
+    from lfads_lightning.evaluation.figures import save_figure
+    from lfads_lightning.pbt import report
+
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = [
+        save_figure(report.fitness_figure(members), report_dir / "fitness_per_generation.png"),
+        save_figure(
+            report.hparam_evolution_figure(members, pbt.space),
+            report_dir / "hyperparameter_evolution.png",
+        ),
+        report.write_summary_csv(members, report_dir / "summary.csv"),
+    ]
+    for path in paths:
+        client.log_artifact(parent, str(path), "report")
