@@ -67,7 +67,15 @@ def main() -> None:
     launcher = get_launcher("local", warm=not args.cold)
     threads = max(1, (os.cpu_count() or 1) // args.population)
     controller = Controller(
-        uri, parent, cfg, pbt, launcher, 0.5, threads, args.population, log=lambda m: None,
+        uri,
+        parent,
+        cfg,
+        pbt,
+        launcher,
+        0.5,
+        threads,
+        args.population,
+        log=lambda m: None,
         log_dir=str(work / "logs"),
     )
     start = time.perf_counter()

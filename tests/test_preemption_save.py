@@ -31,7 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start_worker(uri: str, run_id: str, spill: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "lfads_lightning", "worker", "--run-id", run_id, "--tracking-uri", uri],
+        [
+            sys.executable,
+            "-m",
+            "lfads_lightning",
+            "worker",
+            "--run-id",
+            run_id,
+            "--tracking-uri",
+            uri,
+        ],
         cwd=ROOT,
         env={**os.environ, SPILL_DIR_ENV: str(spill), "LFADS_THREADS": "1"},
         stdout=subprocess.PIPE,
@@ -62,7 +71,9 @@ def test_signals_at_any_moment_save_the_state_and_leave_the_run_open(tmp_path, d
     while child.poll() is None:
         if time.monotonic() > deadline:
             child.kill()
-            pytest.fail(f"the worker did not stop after {sent} signals: {child.stdout.read()[-3000:]}")
+            pytest.fail(
+                f"the worker did not stop after {sent} signals: {child.stdout.read()[-3000:]}"
+            )
         child.send_signal(signal.SIGUSR2)
         sent += 1
         time.sleep(rng.uniform(0.005, 0.05))
