@@ -55,6 +55,69 @@ def _read(
         ) from None
 
 
+def _train_tensors(train_file: Path) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """(train tensors, recon = held-in | held-out [+ forward bins], number of forward bins)."""
+    tr = _read(
+        train_file,
+        ("train_spikes_heldin", "train_spikes_heldout"),
+        ("train_spikes_heldin_forward", "train_spikes_heldout_forward", "train_behavior"),
+    )
+    heldin, heldout = tr["train_spikes_heldin"], tr["train_spikes_heldout"]
+    n_fwd_parts = ("train_spikes_heldin_forward" in tr) + ("train_spikes_heldout_forward" in tr)
+    if n_fwd_parts == 1:
+        raise DataError(
+            f"{train_file}: has only one of train_spikes_heldin_forward / train_spikes_heldout_forward; "
+            f"include both or neither"
+        )
+    recon = np.concatenate([heldin, heldout], axis=2)
+    if n_fwd_parts == 2:
+        forward = np.concatenate(
+            [tr["train_spikes_heldin_forward"], tr["train_spikes_heldout_forward"]], axis=2
+        )
+        if forward.shape[0] != recon.shape[0] or forward.shape[2] != recon.shape[2]:
+            raise DataError(
+                f"{train_file}: forward tensors {forward.shape} do not match held-in/held-out {recon.shape}"
+            )
+        recon = np.concatenate([recon, forward], axis=1)
+    return tr, recon, recon.shape[1] - heldin.shape[1]
+
+
+def _test_split(
+    val_file: Path, heldin: np.ndarray, heldout: np.ndarray, n_fwd: int
+) -> dict[str, np.ndarray]:
+    """NLB's evaluation trials as the test split: NaN where NLB withholds data."""
+    ev = _read(val_file, ("eval_spikes_heldin",), ("eval_spikes_heldout",))
+    e_in = ev["eval_spikes_heldin"]
+    n_eval, n_obs = e_in.shape[:2]
+    e_out = ev.get("eval_spikes_heldout", np.zeros((n_eval, n_obs, heldout.shape[2])))
+    if (n_obs, e_in.shape[2]) != heldin.shape[1:] or e_out.shape != (n_eval, *heldout.shape[1:]):
+        raise DataError(
+            f"{val_file}: eval tensors {e_in.shape} / {e_out.shape} do not match the train "
+            f"held-in {heldin.shape} / held-out {heldout.shape} bins and neurons; use matching files"
+        )
+    n_recon = heldin.shape[2] + heldout.shape[2]
+    e_rec = np.full((n_eval, n_obs + n_fwd, n_recon), np.nan, np.float32)
+    e_rec[:, :n_obs, : e_in.shape[2]] = e_in
+    if "eval_spikes_heldout" in ev:
+        e_rec[:, :n_obs, e_in.shape[2] :] = ev["eval_spikes_heldout"]
+    return {"encod_data": e_in, "recon_data": e_rec, "inds": np.arange(n_eval)}
+
+
+def _session_attrs(
+    name: str, bin_size_ms: float, lag_bins: int | None, description: str
+) -> dict[str, object]:
+    if lag_bins is None:
+        lag_bins = int(round(BEHAVIOR_LAG_MS.get(name.lower(), 0.0) / bin_size_ms))
+    attrs: dict[str, object] = {
+        "bin_size_ms": float(bin_size_ms),
+        "behavior_lag_bins": int(lag_bins),
+        "description": description,
+    }
+    if name.lower() in BEHAVIOR_LAG_MS:  # MC_Maze trials start 250 ms before movement onset
+        attrs.update(event_bin=int(round(250.0 / bin_size_ms)), event_name="movement onset")
+    return attrs
+
+
 def convert_nlb_tensors(
     src: str | Path,
     out_path: str | Path,
@@ -78,30 +141,8 @@ def convert_nlb_tensors(
         )
     name = _find_name(src)
     train_file = src / f"{name}_train.h5"
-    tr = _read(
-        train_file,
-        ("train_spikes_heldin", "train_spikes_heldout"),
-        ("train_spikes_heldin_forward", "train_spikes_heldout_forward", "train_behavior"),
-    )
-    heldin, heldout = tr["train_spikes_heldin"], tr["train_spikes_heldout"]
-    n_fwd_parts = ("train_spikes_heldin_forward" in tr) + ("train_spikes_heldout_forward" in tr)
-    if n_fwd_parts == 1:
-        raise DataError(
-            f"{train_file}: has only one of train_spikes_heldin_forward / train_spikes_heldout_forward; "
-            f"include both or neither"
-        )
-    recon = np.concatenate([heldin, heldout], axis=2)
-    if n_fwd_parts == 2:
-        forward = np.concatenate(
-            [tr["train_spikes_heldin_forward"], tr["train_spikes_heldout_forward"]], axis=2
-        )
-        if forward.shape[0] != recon.shape[0] or forward.shape[2] != recon.shape[2]:
-            raise DataError(
-                f"{train_file}: forward tensors {forward.shape} do not match held-in/held-out {recon.shape}"
-            )
-        recon = np.concatenate([recon, forward], axis=1)
-    n_fwd = recon.shape[1] - heldin.shape[1]
-
+    tr, recon, n_fwd = _train_tensors(train_file)
+    heldin = tr["train_spikes_heldin"]
     trial = np.arange(heldin.shape[0])
     is_valid = trial % valid_every == 0
     splits: dict[str, dict[str, np.ndarray]] = {}
@@ -109,43 +150,13 @@ def convert_nlb_tensors(
         splits[split] = {"encod_data": heldin[sel], "recon_data": recon[sel], "inds": trial[sel]}
         if "train_behavior" in tr:
             splits[split]["behavior"] = tr["train_behavior"][sel]
-
     val_file = src / f"{name}_val.h5"
     if val_file.exists():
-        ev = _read(val_file, ("eval_spikes_heldin",), ("eval_spikes_heldout",))
-        e_in = ev["eval_spikes_heldin"]
-        n_eval, n_obs = e_in.shape[:2]
-        e_out = ev.get("eval_spikes_heldout", np.zeros((n_eval, n_obs, heldout.shape[2])))
-        if (n_obs, e_in.shape[2]) != heldin.shape[1:] or e_out.shape != (
-            n_eval,
-            *heldout.shape[1:],
-        ):
-            raise DataError(
-                f"{val_file}: eval tensors {e_in.shape} / {e_out.shape} do not match the train "
-                f"held-in {heldin.shape} / held-out {heldout.shape} bins and neurons; use matching files"
-            )
-        e_rec = np.full((n_eval, n_obs + n_fwd, recon.shape[2]), np.nan, np.float32)
-        e_rec[:, :n_obs, : e_in.shape[2]] = e_in
-        if "eval_spikes_heldout" in ev:
-            e_rec[:, :n_obs, e_in.shape[2] :] = ev["eval_spikes_heldout"]
-        splits["test"] = {"encod_data": e_in, "recon_data": e_rec, "inds": np.arange(n_eval)}
-
-    if behavior_lag_bins is None:
-        lag_ms = BEHAVIOR_LAG_MS.get(name.lower(), 0.0)
-        behavior_lag_bins = int(round(lag_ms / bin_size_ms))
-    attrs = {
-        "bin_size_ms": float(bin_size_ms),
-        "behavior_lag_bins": int(behavior_lag_bins),
-        # MC_Maze trials start 250 ms before movement onset: figures align to it.
-        **(
-            {"event_bin": int(round(250.0 / bin_size_ms)), "event_name": "movement onset"}
-            if name.lower() in BEHAVIOR_LAG_MS
-            else {}
-        ),
-        "description": (
-            f"NLB tensors '{name}' converted from {train_file}"
-            + (f" and {val_file} (test = NLB val trials)" if "test" in splits else "")
-            + f"; valid = every {valid_every}th train trial"
-        ),
-    }
+        splits["test"] = _test_split(val_file, heldin, tr["train_spikes_heldout"], n_fwd)
+    description = (
+        f"NLB tensors '{name}' converted from {train_file}"
+        + (f" and {val_file} (test = NLB val trials)" if "test" in splits else "")
+        + f"; valid = every {valid_every}th train trial"
+    )
+    attrs = _session_attrs(name, bin_size_ms, behavior_lag_bins, description)
     return write_session(out_path, splits, attrs, overwrite=overwrite)

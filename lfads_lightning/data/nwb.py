@@ -71,29 +71,9 @@ def bin_series(data: np.ndarray, stamps: np.ndarray, starts: np.ndarray, n_bins:
     return out
 
 
-def convert_nlb_nwb(
-    src: str | Path,
-    out_path: str | Path,
-    align: str = "move_onset_time",
-    start_ms: float = -250.0,
-    end_ms: float = 450.0,
-    forward_ms: float = 200.0,
-    bin_size_ms: float = 5.0,
-    behavior_lag_ms: float = 120.0,
-    valid_every: int = 5,
-    overwrite: bool = False,
-) -> Path:
-    """Write one NLB NWB file as a session file; returns the written path."""
-    src = Path(src)
-    if valid_every < 2:
-        raise DataError(
-            f"valid_every={valid_every} must be >= 2 so both train and valid get trials"
-        )
-    bin_s = bin_size_ms / 1000.0
-    n_obs = int(round((end_ms - start_ms) / bin_size_ms))
-    n_fwd = int(round(forward_ms / bin_size_ms))
-    if n_obs <= 0 or n_fwd < 0:
-        raise DataError(f"window {start_ms}..{end_ms} ms (+{forward_ms} ms) holds no bins")
+def _read_nwb(src: Path, align: str) -> dict[str, object]:
+    """What the conversion needs from the file: trial splits and events, spike times ordered
+    held-in first, condition ids and hand velocity if present."""
     with _open(src) as io:
         nwb = io.read()
         trials, units = nwb.trials, nwb.units
@@ -120,24 +100,59 @@ def convert_nlb_nwb(
             ts = behavior["hand_vel"]
             vel = (np.asarray(ts.data[:]), np.asarray(ts.timestamps[:]))
     order = np.concatenate([np.flatnonzero(~heldout), np.flatnonzero(heldout)])
-    spikes = [spikes[u] for u in order]
     n_in = int((~heldout).sum())
     if n_in == 0:
         raise DataError(f"{src}: every unit is marked heldout; no held-in neurons to encode")
+    spikes = [spikes[u] for u in order]
+    return {
+        "split": split,
+        "event": event,
+        "spikes": spikes,
+        "n_in": n_in,
+        "cond": cond,
+        "vel": vel,
+    }
+
+
+def convert_nlb_nwb(
+    src: str | Path,
+    out_path: str | Path,
+    align: str = "move_onset_time",
+    start_ms: float = -250.0,
+    end_ms: float = 450.0,
+    forward_ms: float = 200.0,
+    bin_size_ms: float = 5.0,
+    behavior_lag_ms: float = 120.0,
+    valid_every: int = 5,
+    overwrite: bool = False,
+) -> Path:
+    """Write one NLB NWB file as a session file; returns the written path."""
+    src = Path(src)
+    if valid_every < 2:
+        raise DataError(
+            f"valid_every={valid_every} must be >= 2 so both train and valid get trials"
+        )
+    bin_s = bin_size_ms / 1000.0
+    n_obs = int(round((end_ms - start_ms) / bin_size_ms))
+    n_fwd = int(round(forward_ms / bin_size_ms))
+    if n_obs <= 0 or n_fwd < 0:
+        raise DataError(f"window {start_ms}..{end_ms} ms (+{forward_ms} ms) holds no bins")
+    f = _read_nwb(src, align)
+    split, event, cond, vel, n_in = f["split"], f["event"], f["cond"], f["vel"], f["n_in"]
     starts = event + start_ms / 1000.0
-    splits: dict[str, dict[str, np.ndarray]] = {}
     train_ids = np.flatnonzero(split == "train")
     groups = {
         "train": train_ids[np.arange(len(train_ids)) % valid_every != 0],
         "valid": train_ids[np.arange(len(train_ids)) % valid_every == 0],
         "test": np.flatnonzero(split == "val"),
     }
+    splits: dict[str, dict[str, np.ndarray]] = {}
     for name, ids in groups.items():
         if len(ids) == 0:
             continue
         if np.isnan(event[ids]).any():
             raise DataError(f"{src}: some {name} trials have no {align}; choose another --align")
-        counts = bin_spikes(spikes, starts[ids], n_obs + n_fwd, bin_s)
+        counts = bin_spikes(f["spikes"], starts[ids], n_obs + n_fwd, bin_s)
         splits[name] = {
             "encod_data": counts[:, :n_obs, :n_in],
             "recon_data": counts,
