@@ -30,7 +30,7 @@ EXTRAS = "dev"
 INSTALL_RECIPE = f"{TORCH};-e .[{EXTRAS}];compileall;v1"
 
 # Tests that need a cluster, a browser or extra packages run in their own sessions.
-DEFAULT_MARKERS = "not slow and not slurm and not k8s and not nlb_tools and not browser"
+DEFAULT_MARKERS = "not slow and not slurm and not k8s and not nlb_tools and not browser and not ray"
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["tests", "lint"]
@@ -143,6 +143,22 @@ def tests_k8s(session: nox.Session) -> None:
         session.run(PYTHON, "-m", "pytest", "-m", "k8s", "-q", "--durations=15", *session.posargs)
     finally:
         session.run("bash", cluster, "stop", external=True)
+
+
+@nox.session
+def tests_ray(session: nox.Session) -> None:
+    """`--launcher ray` on the project's own Ray head on loopback (tools/ray_cluster.sh: own
+    ports and temp dir; only that head is stopped after)."""
+    _install(session)
+    session.chdir(ROOT)
+    pip = [PYTHON, "-m", "pip", "install", "--progress-bar", "off", "-c", str(CONSTRAINTS)]
+    session.run(*pip, "ray[default]>=2.9")
+    cluster = str(ROOT / "tools" / "ray_cluster.sh")
+    session.run("bash", cluster, "start", env={"PYTHON": PYTHON}, external=True)
+    try:
+        session.run(PYTHON, "-m", "pytest", "-m", "ray", "-q", "--durations=15", *session.posargs)
+    finally:
+        session.run("bash", cluster, "stop", env={"PYTHON": PYTHON}, external=True)
 
 
 @nox.session

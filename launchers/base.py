@@ -70,9 +70,10 @@ class Launcher(ABC):
     ) -> None:
         """Get ready for `jobs` concurrent jobs before the first submit (warm workers); no-op."""
 
-    def check(self) -> None:  # noqa: B027
-        """Verify the options against the backend before any run exists (e.g. sbatch --test-only,
-        so a wrong partition fails at once, not after runs were created); no-op by default."""
+    def check(self, tracking_uri: str | None = None) -> None:  # noqa: B027
+        """Verify the options (and that jobs can reach `tracking_uri`) against the backend
+        before any run exists (e.g. sbatch --test-only, so a wrong partition fails at once, not
+        after runs were created); no-op by default."""
 
     def adopt(self, handle: JobHandle) -> None:  # noqa: B027
         """Take charge of a job a previous controller submitted (`--resume`), so that this

@@ -14,6 +14,7 @@ BACKENDS = {
     "local": "launchers.local:LocalLauncher",
     "slurm": "launchers.slurm:SlurmLauncher",
     "kubernetes": "launchers.kubernetes:KubernetesLauncher",
+    "ray": "launchers.ray:RayLauncher",
 }
 
 LAUNCHER_NAMES: tuple[str, ...] = tuple(BACKENDS)

@@ -232,7 +232,7 @@ class SlurmLauncher(Launcher):
                 flags.append(f"--{key}={value}")
         return flags
 
-    def check(self) -> None:
+    def check(self, tracking_uri: str | None = None) -> None:
         if shutil.which("sbatch") is None:
             raise LauncherError(
                 "sbatch not found: run lfads with --launcher slurm on a SLURM login node "
@@ -294,7 +294,8 @@ class SlurmLauncher(Launcher):
 
     def describe(self, handle: JobHandle) -> str:
         """sacct's state and, if submitit gave up on a requeue, its reason (from the job log)."""
-        text = self._watcher.get_state(handle.job_id, mode="cache") or "unknown"
+        sacct = self._watcher.get_state(handle.job_id, mode="cache") or "unknown"
+        text = f"{map_state(sacct).value}: {sacct}"
         folder = handle.info.get("folder")
         if folder:
             log = submitit.SlurmJob(Path(folder) / "%j", handle.job_id).paths.stdout

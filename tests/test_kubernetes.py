@@ -84,6 +84,10 @@ def write_config(root: Path, config: dict, **k8s) -> None:
     (root / "pbt.yaml").write_text(yaml.safe_dump(config))
 
 
+def member_jobs(recorder: JobRecorder) -> dict[str, dict[str, str]]:
+    return {n: j for n, j in recorder.jobs.items() if j.get("lfads.io/kind") == "pbt_member"}
+
+
 def assert_every_member_was_a_job(uri: str, recorder: JobRecorder) -> None:
     parent = parent_of(uri).info.run_id
     by_run = {labels.get("lfads.io/run-id"): labels for labels in recorder.jobs.values()}
@@ -112,8 +116,11 @@ def test_pbt_on_kubernetes_finishes_with_the_local_layout(tmp_path, data_dir, se
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "outputs")] == [
         "outputs/lfads_output_tiny.h5"
     ]
-    assert len(members_of(server)) == 8 and len(recorder.jobs) == 8
+    assert len(members_of(server)) == 8 and len(member_jobs(recorder)) == 8
     assert_every_member_was_a_job(server, recorder)
+    # the best member's posterior sampling ran as one more Job of the same launcher
+    (final,) = [j for j in recorder.jobs.values() if j.get("lfads.io/kind") == "pbt_final"]
+    assert final["lfads.io/run-id"] == parent.info.run_id
     left = recorder.wait_cleaned(f"lfads.io/pbt-run={parent.info.run_id}")
     assert left == ([], []), f"Jobs/pods left behind: {left}"
 
@@ -184,7 +191,7 @@ def test_killed_controller_resumes_and_adopts_running_jobs(tmp_path, data_dir, s
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "adopting" in resumed.stderr
     assert_complete_population(server, 4, 1, tmp_path)
-    assert len(members_of(server)) == 4 and set(recorder.jobs) == submitted  # no duplicates
+    assert len(members_of(server)) == 4 and set(member_jobs(recorder)) == submitted  # no duplicates
     assert_every_member_was_a_job(server, recorder)
     assert recorder.wait_cleaned(f"lfads.io/pbt-run={parent}") == ([], [])
 

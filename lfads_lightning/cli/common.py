@@ -70,10 +70,10 @@ def prepare_run(
     cfg = resolve_paths(cfg)
     if tracking_uri:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
+    uri = tracking.resolve_uri(cfg.tracking.uri)
     launcher = get_launcher(launcher_name, **(launcher_options or {}))
-    launcher.check()
+    launcher.check(uri)
     launcher.close()
     prepare_data(cfg)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
     tracking.check_store(uri)
     return cfg, uri
