@@ -117,13 +117,13 @@ class RayLauncher(Launcher):
 
     def check(self, tracking_uri: str | None = None) -> None:
         """Before any run exists: a store the cluster can reach, resources it can give."""
-        if tracking_uri and not tracking_uri.startswith(("http://", "https://")):
-            if not is_local(self.address):
-                raise LauncherError(
-                    f"ray: jobs on the cluster at {self.address} cannot reach the local store "
-                    f"{tracking_uri}; run an MLflow tracking server (mlflow server --host 0.0.0.0) "
-                    "and pass --tracking-uri http://HOST:5000"
-                )
+        local_store = tracking_uri and not tracking_uri.startswith(("http://", "https://"))
+        if local_store and not is_local(self.address):
+            raise LauncherError(
+                f"ray: jobs on the cluster at {self.address} cannot reach the local store "
+                f"{tracking_uri}; run an MLflow tracking server (mlflow server --host 0.0.0.0) "
+                "and pass --tracking-uri http://HOST:5000"
+            )
         biggest = self._largest_node()
         if biggest is None:
             return

@@ -87,9 +87,10 @@ def test_each_stage_imports_only_lower_stages():
         if not m.startswith("lfads_lightning.") or stage(m) not in STAGES:
             continue
         for t in targets:
-            if t.startswith("lfads_lightning.") and stage(t) != stage(m):
-                if stage(t) not in STAGES or STAGES.index(stage(t)) > STAGES.index(stage(m)):
-                    bad.append(f"{m} -> {t}")
+            if not t.startswith("lfads_lightning.") or stage(t) == stage(m):
+                continue
+            if stage(t) not in STAGES or STAGES.index(stage(t)) > STAGES.index(stage(m)):
+                bad.append(f"{m} -> {t}")
     assert not bad, bad
 
 
