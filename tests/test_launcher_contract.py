@@ -21,6 +21,7 @@ from lfads_lightning.runs import tracking
 
 from .helpers import member_tags
 from .k8s_helpers import kube_options
+from .test_ray import ray_options
 
 LAUNCHERS = {
     "local-cold": lambda tmp: get_launcher("local"),
@@ -28,9 +29,11 @@ LAUNCHERS = {
     "slurm": lambda tmp: get_launcher("slurm"),
     # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
     "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options()),
+    # Jobs on the project's Ray head (tools/ray_cluster.sh); the job env comes from ray.env
+    "ray": lambda tmp: get_launcher("ray", **ray_options()),
 }
 # Launchers that need a cluster run only in that cluster's session.
-MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s}
+MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s, "ray": pytest.mark.ray}
 
 
 @pytest.fixture(
