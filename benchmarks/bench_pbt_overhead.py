@@ -30,6 +30,39 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "mc_maze_small"
 
 
+def run_population(
+    work: Path, cfg, pbt: PbtConfig, launcher_name: str, options: dict
+) -> tuple[float, float, list[float], int]:
+    """One PBT through the real controller on a launcher: (wall s, training s on the critical
+    path, training s per generation, threads per member)."""
+    from launchers import get_launcher
+
+    work.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    tracking.check_store(uri)
+    parent = create_parent(cfg, pbt, uri, launcher_name, "bench")
+    launcher = get_launcher(launcher_name, **options)
+    threads = max(1, (os.cpu_count() or 1) // pbt.population)
+    controller = Controller(
+        uri, parent, cfg, pbt, launcher, 0.5, threads, pbt.population,
+        log=lambda m: None, log_dir=str(work / "logs"),
+    )  # fmt: skip
+    start = time.perf_counter()
+    controller.run()
+    wall = time.perf_counter() - start
+    launcher.close()
+    client = tracking.client(uri)
+    members = load_members(client, parent)
+    per_generation = []
+    for g in range(pbt.max_generations):
+        times = []
+        for m in latest_attempts(members, g).values():
+            history = client.get_metric_history(m.run_id, "epoch_seconds")
+            times.append(sum(h.value for h in history))
+        per_generation.append(max(times))
+    return wall, sum(per_generation), per_generation, threads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -59,40 +92,9 @@ def main() -> None:
         patience=100,
         concurrency=args.population,
     )
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    tracking.check_store(uri)
-    parent = create_parent(cfg, pbt, uri, "local", "bench")
-    from launchers import get_launcher
-
-    launcher = get_launcher("local", warm=not args.cold)
-    threads = max(1, (os.cpu_count() or 1) // args.population)
-    controller = Controller(
-        uri,
-        parent,
-        cfg,
-        pbt,
-        launcher,
-        0.5,
-        threads,
-        args.population,
-        log=lambda m: None,
-        log_dir=str(work / "logs"),
-    )
-    start = time.perf_counter()
-    controller.run()
-    wall = time.perf_counter() - start
-    launcher.close()
-
-    client = tracking.client(uri)
-    members = load_members(client, parent)
-    per_generation = []
-    for g in range(args.generations):
-        times = []
-        for m in latest_attempts(members, g).values():
-            history = client.get_metric_history(m.run_id, "epoch_seconds")
-            times.append(sum(h.value for h in history))
-        per_generation.append(max(times))
-    training = sum(per_generation)
+    name = "local"
+    options = {"warm": not args.cold}
+    wall, training, per_generation, threads = run_population(work, cfg, pbt, name, options)
     result = {
         "benchmark": "pbt_overhead_share",
         "data": "MC_Maze_Small sizes (60 train / 15 valid trials, 107 -> 142 neurons, 140 + 40 bins)",
