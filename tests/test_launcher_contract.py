@@ -27,8 +27,11 @@ LAUNCHERS = {
     "local-warm": lambda tmp: get_launcher("local", log_dir=tmp / "logs", warm=True),
     "slurm": lambda tmp: get_launcher("slurm", log_dir=tmp / "logs"),
     # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
-    "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options()),
+    "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options(faults=FAULTS)),
 }
+# Every member job hangs after its first heartbeat (lfads_lightning/faults.py); the other jobs
+# here are plain fits, which have no fault points.
+FAULTS = "member.start=hang"
 # Launchers that need a cluster run only in that cluster's session.
 MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s}
 
@@ -44,7 +47,7 @@ def launcher(request, tmp_path):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("LFADS_TEST_FAULTS", "1")  # inherited by the worker processes
+    monkeypatch.setenv("LFADS_FAULTS", FAULTS)  # inherited by the worker processes
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.check_store(uri)
     data = tmp_path / "d.h5"
@@ -110,10 +113,9 @@ def test_failing_job(launcher, store, tmp_path):
 
 
 def test_cancel_a_running_job(launcher, store):
-    """A member job told to hang (test fault) runs until cancelled."""
+    """A member job told to hang (FAULTS) runs until cancelled."""
     uri, cfg = store
-    tags = {**member_tags(target_epoch=1), "test_fault": "hang"}
-    run_id = tracking.create_config_run(cfg, uri, tags)
+    run_id = tracking.create_config_run(cfg, uri, member_tags(target_epoch=1))
     handle = launcher.submit(run_id, uri, threads=1)
     client = MlflowClient(uri)
     deadline = time.monotonic() + 60
