@@ -172,7 +172,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
+    return key_path(key), value
+
+
+def key_path(key: str) -> list[str]:
+    """The one parser of dotted config keys: 'train.lr' -> ['train', 'lr']."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"config key {key!r} has an empty part (e.g. model.gen_dim)")
+    return parts
+
+
+def set_fields(cfg: LfadsConfig, values: dict[str, Any]) -> LfadsConfig:
+    """A copy of `cfg` with each 'section.key' field set, typed (and checked) as the field."""
+    sections: dict[str, Any] = {}
+    for key, value in values.items():
+        section, *rest = key_path(key)
+        target = getattr(cfg, section, None)
+        if len(rest) != 1 or not dataclasses.is_dataclass(target) or not hasattr(target, rest[0]):
+            raise ConfigError(f"{key!r} is not a 'section.key' field of the config")
+        target = sections.setdefault(section, dataclasses.replace(target))
+        setattr(target, rest[0], _coerce(value, typing.get_type_hints(type(target))[rest[0]], key))
+    return dataclasses.replace(cfg, **sections)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -55,12 +55,7 @@ def member_run_config(tmp_path: Path, data_dir: Path) -> tuple[str, object]:
 
 
 def member_tags(target_epoch: int) -> dict[str, str]:
-    return {
-        "kind": "pbt_member",
-        "member": "0",
-        "generation": "0",
-        "attempt": "0",
-        "state": "queued",
-        "hparams": "{}",
-        "target_epoch": str(target_epoch),
-    }
+    """The tags of a queued member 0 of generation 0, as the controller writes them."""
+    from lfads_lightning.runs.schema import MemberTags
+
+    return MemberTags(member=0, generation=0, target_epoch=target_epoch).to_tags()

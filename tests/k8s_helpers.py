@@ -22,9 +22,10 @@ KUBECONFIG = Path(
 )
 
 
-def kube_options(**extra: Any) -> dict[str, Any]:
+def kube_options(faults: str = "", **extra: Any) -> dict[str, Any]:
     """A `kubernetes:` section for the test cluster: small requests, the venv's interpreter as
-    the container command (the fake kubelet ignores the image), test fault hooks enabled."""
+    the container command (the fake kubelet ignores the image); `faults`: the pods'
+    LFADS_FAULTS (lfads_lightning/faults.py), passed in the pod spec's env."""
     if not KUBECONFIG.is_file():
         pytest.fail(f"no test cluster: {KUBECONFIG} missing; run tools/k8s/cluster.sh start")
     return {
@@ -34,7 +35,7 @@ def kube_options(**extra: Any) -> dict[str, Any]:
         "command": [sys.executable, "-m", "lfads_lightning"],
         "cpu": "250m",
         "memory": "1Gi",
-        "env": {"LFADS_TEST_FAULTS": "1"},
+        "env": {"LFADS_FAULTS": faults} if faults else {},
         "ttl_seconds_after_finished": 300,
         **extra,
     }

@@ -129,9 +129,14 @@ def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_di
     """Member 1's first pod exits 3 (Job Failed); member 0's first Job hangs and is deleted
     with kubectl-like Background propagation by someone else. Both are retried and finish."""
     root, _ = project(tmp_path, data_dir, {})
-    write_config(root, pbt_config(population=2, generations=2, heartbeat_timeout=120.0))
+    faults = (
+        "member.start[member=0,generation=0,attempt=0]=hang;"
+        "member.start[member=1,generation=0,attempt=0]=exit"
+    )
+    write_config(
+        root, pbt_config(population=2, generations=2, heartbeat_timeout=120.0), faults=faults
+    )
     recorder = JobRecorder()
-    env = {"LFADS_TEST_FAULT_PLAN": json.dumps({"0": "hang@0", "1": "exit@0"})}
     holder: dict = {}
 
     def delete_the_hanging_job() -> None:
@@ -151,9 +156,7 @@ def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_di
 
     deleter = threading.Thread(target=delete_the_hanging_job, daemon=True)
     deleter.start()
-    proc = lfads(
-        "pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root, env=env
-    )
+    proc = lfads("pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "deleted" in holder, "the hanging member's Job was never seen running"
     assert_complete_population(server, 2, 2, tmp_path)

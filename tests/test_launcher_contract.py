@@ -28,10 +28,13 @@ LAUNCHERS = {
     "local-warm": lambda tmp: get_launcher("local", warm=True),
     "slurm": lambda tmp: get_launcher("slurm"),
     # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
-    "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options()),
+    "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options(faults=FAULTS)),
     # Jobs on the project's Ray head (tools/ray_cluster.sh); the job env comes from ray.env
-    "ray": lambda tmp: get_launcher("ray", **ray_options()),
+    "ray": lambda tmp: get_launcher("ray", **ray_options(env={"LFADS_FAULTS": FAULTS})),
 }
+# Every member job hangs after its first heartbeat (lfads_lightning/faults.py); the other jobs
+# here are plain fits, which have no fault points.
+FAULTS = "member.start=hang"
 # Launchers that need a cluster run only in that cluster's session.
 MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s, "ray": pytest.mark.ray}
 
@@ -47,7 +50,7 @@ def launcher(request, tmp_path):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("LFADS_TEST_FAULTS", "1")  # inherited by the worker processes
+    monkeypatch.setenv("LFADS_FAULTS", FAULTS)  # inherited by the worker processes
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.check_store(uri)
     data = tmp_path / "d.h5"
@@ -118,10 +121,9 @@ def test_failing_job(launcher, store, tmp_path):
 
 
 def test_cancel_a_running_job(launcher, store, tmp_path):
-    """A member job told to hang (test fault) runs until cancelled."""
+    """A member job told to hang (FAULTS) runs until cancelled."""
     uri, cfg = store
-    tags = {**member_tags(target_epoch=1), "test_fault": "hang"}
-    run_id = tracking.create_config_run(cfg, uri, tags)
+    run_id = tracking.create_config_run(cfg, uri, member_tags(target_epoch=1))
     handle = launcher.submit(spec(run_id, uri, tmp_path))
     client = MlflowClient(uri)
     deadline = time.monotonic() + 60

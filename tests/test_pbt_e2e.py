@@ -1,8 +1,8 @@
 """`lfads pbt --launcher local` end to end, with real controller and worker processes.
 
-Faults are injected through test-only environment hooks (LFADS_TEST_FAULTS, LFADS_TEST_FAULT_PLAN,
-LFADS_TEST_KILL_AT): the worker really crashes, exits, hangs or reports NaN, and the controller
-is really SIGKILLed; nothing is mocked.
+Faults are injected at named points through one environment variable, LFADS_FAULTS
+(lfads_lightning/faults.py): the worker really crashes, exits, hangs or reports NaN, and the
+controller is really SIGKILLed; nothing is mocked.
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def project(tmp_path: Path, data_dir: Path, config: dict) -> tuple[Path, str]:
 
 
 def pbt_killed_at(kill_at: str, *args: str, cwd: Path, env: dict | None = None) -> None:
-    """`lfads pbt ARGS` with the controller SIGKILLed at a test kill point (LFADS_TEST_KILL_AT)."""
-    killed = lfads("pbt", *args, cwd=cwd, env={**(env or {}), "LFADS_TEST_KILL_AT": kill_at})
+    """`lfads pbt ARGS` with the controller SIGKILLed at a kill point: `kill_at` is
+    "POINT:GENERATION", e.g. "after_submit:1" (the fault point controller.after_submit)."""
+    point, _, generation = kill_at.partition(":")
+    faults = f"controller.{point}[generation={generation}]=kill"
+    killed = lfads("pbt", *args, cwd=cwd, env={**(env or {}), "LFADS_FAULTS": faults})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
@@ -156,12 +159,13 @@ def test_failed_members_are_retried_then_replaced(tmp_path, data_dir):
     """crash and NaN recover on retry; a hang is detected by heartbeat; a member whose job exits
     non-zero on every attempt (leaving its run RUNNING) is marked failed and copies a winner."""
     root, uri = project(tmp_path, data_dir, pbt_config(generations=2, heartbeat_timeout=20.0))
-    plan = {"0": "crash@0", "1": "exit@0,1", "2": "nan@0", "3": "hang@0"}
-    env = {
-        "MLFLOW_TRACKING_URI": uri,
-        "LFADS_TEST_FAULTS": "1",
-        "LFADS_TEST_FAULT_PLAN": json.dumps(plan),
-    }
+    faults = (
+        "member.start[member=0,generation=0,attempt=0]=crash;"
+        "member.start[member=1,generation=0,attempt=0|1]=exit;"
+        "member.fitness[member=2,generation=0,attempt=0]=nan;"
+        "member.start[member=3,generation=0,attempt=0]=hang"
+    )
+    env = {"MLFLOW_TRACKING_URI": uri, "LFADS_FAULTS": faults}
     proc = lfads("pbt", "--launcher", "local", "pbt.yaml", cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = members_of(uri)

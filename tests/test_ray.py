@@ -38,8 +38,8 @@ def ray_address() -> str:
 
 
 def ray_options(**extra) -> dict:
-    """A `ray:` section for the test head: this checkout's code and the test fault hooks."""
-    env = {"LFADS_TEST_FAULTS": "1", **extra.pop("env", {})}
+    """A `ray:` section for the test head: this checkout's code (and `env`, e.g. LFADS_FAULTS)."""
+    env = dict(extra.pop("env", {}))
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return {"address": ray_address(), "num_cpus": 0.5, "env": env, **extra}
@@ -100,7 +100,7 @@ def test_a_member_job_stopped_from_outside_is_retried(tmp_path, data_dir):
     write_config(
         root,
         pbt_config(population=2, generations=1, concurrency=2),
-        env={"LFADS_TEST_FAULT_PLAN": json.dumps({"1": "hang@0"})},
+        env={"LFADS_FAULTS": "member.start[member=1,attempt=0]=hang"},
     )
     import subprocess
     import sys

@@ -121,8 +121,8 @@ def test_scancel_of_a_running_member_is_retried(tmp_path, data_dir):
     uri = project(tmp_path, data_dir, pbt_config(population=4, generations=1, concurrency=0))
     env = {
         "MLFLOW_TRACKING_URI": uri,
-        "LFADS_TEST_FAULTS": "1",
-        "LFADS_TEST_FAULT_PLAN": json.dumps({"1": "hang@0"}),  # attempt 0 of member 1 hangs
+        # sbatch exports the environment: attempt 0 of member 1 hangs
+        "LFADS_FAULTS": "member.start[member=1,generation=0,attempt=0]=hang",
     }
     controller = subprocess.Popen(
         [sys.executable, "-m", "lfads_lightning", "pbt", "--launcher", "slurm", "pbt.yaml"],

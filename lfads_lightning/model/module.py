@@ -95,23 +95,24 @@ class LfadsModule(L.LightningModule):
 
     # ------------------------------------------------------------------ hyperparameters
 
-    def apply_hyperparameters(self, values: dict[str, float]) -> None:
-        """Set hyperparameters by config key (e.g. 'train.lr', 'loss.kl_ic_scale').
+    def apply_hyperparameters(
+        self, model: ModelConfig, loss: LossConfig, train: TrainConfig
+    ) -> None:
+        """Take the values of these (typed) config sections: the member's own config.
 
         Used after restoring a checkpoint (PBT exploit): restoring an optimiser state dict
-        silently brings back the old learning rate, so new values are applied explicitly.
+        silently brings back the old learning rate, so the config's values are applied again.
+        The sections are copied field by field (the network shares `model_cfg`).
         """
-        for key, value in values.items():
-            section, name = key.split(".", 1)
-            target = {"model": self.model_cfg, "loss": self.loss_cfg, "train": self.train_cfg}[
-                section
-            ]
-            if not hasattr(target, name):
-                raise KeyError(f"unknown hyperparameter {key}")
-            setattr(target, name, type(getattr(target, name))(value))
-            self.hparams[section][name] = getattr(target, name)
-            if key == "model.dropout_rate":
-                self.lfads.dropout.p = float(value)
+        for name, target, source in (
+            ("model", self.model_cfg, model),
+            ("loss", self.loss_cfg, loss),
+            ("train", self.train_cfg, train),
+        ):
+            for f in dataclasses.fields(source):
+                setattr(target, f.name, getattr(source, f.name))
+            self.hparams[name] = dataclasses.asdict(target)
+        self.lfads.dropout.p = self.model_cfg.dropout_rate
         if self._trainer is not None:
             for opt in self.trainer.optimizers:
                 for group in opt.param_groups:

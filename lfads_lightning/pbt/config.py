@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from lfads_lightning.config import (
     from_dict,
     pop_launcher_sections,
     read_yaml,
+    set_fields,
     validate,
 )
 from lfads_lightning.errors import ConfigError
@@ -136,12 +136,4 @@ def with_hparams(
     cfg: LfadsConfig, hparams: dict[str, float], **train_overrides: Any
 ) -> LfadsConfig:
     """A copy of `cfg` with searched hyperparameters (and train fields) set."""
-    sections = {
-        name: dataclasses.replace(getattr(cfg, name)) for name in ("model", "loss", "train")
-    }
-    for key, value in hparams.items():
-        section, name = key.split(".", 1)
-        setattr(sections[section], name, float(value))
-    for name, value in train_overrides.items():
-        setattr(sections["train"], name, value)
-    return dataclasses.replace(cfg, **sections)
+    return set_fields(cfg, {**hparams, **{f"train.{k}": v for k, v in train_overrides.items()}})

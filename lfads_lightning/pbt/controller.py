@@ -3,38 +3,40 @@
 It keeps nothing MLflow does not have. Each pass re-reads the population, so a controller killed
 at any point and started again (`lfads pbt --resume PARENT`) continues where it was: finished
 member runs are never redone, running jobs are adopted, decisions already written are reused
-(they are also a deterministic function of the generation's results and the seed).
+(they are also a deterministic function of the generation's results and the seed). Member runs
+are written and read through `runs.schema` only; the submit/poll/retry loop is `pbt.scheduler`;
+every launcher call is in one of the small methods `_submit`, `_adopt`, `_check`, `_cancel`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from launchers import JobHandle, JobSpec, JobState
+from lfads_lightning import faults
 from lfads_lightning.config import LfadsConfig, dump_yaml
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig, with_hparams
-from lfads_lightning.pbt.rules import PopulationFailed, explore, select, should_stop
+from lfads_lightning.pbt.decisions import decide, decisions_path
+from lfads_lightning.pbt.rules import PopulationFailed, should_stop
+from lfads_lightning.pbt.scheduler import Scheduler
 from lfads_lightning.pbt.space import initial_population
-from lfads_lightning.runs import tracking
+from lfads_lightning.runs import schema, tracking
 from lfads_lightning.runs.schema import (
     EXPLOITED,
-    FAILED,
     FINISHED,
     QUEUED,
     RUNNING,
     MemberRun,
+    MemberTags,
     P,
     best_per_generation,
     latest_attempts,
@@ -43,18 +45,6 @@ from lfads_lightning.runs.schema import (
 )
 
 PBT_ARTIFACT = "pbt.yaml"
-
-
-def _test_kill_point(name: str, generation: int) -> None:
-    """Test hook: LFADS_TEST_KILL_AT=name:generation SIGKILLs the controller right here."""
-    if os.environ.get("LFADS_TEST_KILL_AT") == f"{name}:{generation}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def decisions_path(generation: int) -> str:
-    return f"decisions/gen_{generation:03d}.json"
 
 
 def target_epoch(pbt: PbtConfig, generation: int) -> int:
@@ -92,6 +82,8 @@ class Controller:
 
     # ------------------------------------------------------------------ member runs
 
+    search_tag: str | None = None  # the `lfads.search` tag of the runs (SearchController)
+
     def create_member_run(
         self,
         member: int,
@@ -100,55 +92,32 @@ class Controller:
         copied_from: str | None,
         copied_from_member: int | None,
         attempt: int = 0,
-        extra_tags: dict[str, str] | None = None,
     ) -> str:
         epochs = self.epochs_for(generation)
-        train = {
-            "max_epochs": epochs,
-            "early_stopping": False,
-            "progress_bar": False,
-            "threads": self.threads,
-        }
-        cfg = with_hparams(self.base, hparams, **train)
+        cfg = with_hparams(
+            self.base, hparams, max_epochs=epochs, early_stopping=False, progress_bar=False,
+            threads=self.threads,
+        )  # fmt: skip
         name = self.run_name(member, generation) + (f"-retry{attempt}" if attempt else "")
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, run_name=name))
-        tags = {
-            "kind": "pbt_member",
-            "member": str(member),
-            "generation": str(generation),
-            "attempt": str(attempt),
-            "state": QUEUED,
-            "copied_from": copied_from or "",
-            "copied_from_member": "" if copied_from_member is None else str(copied_from_member),
-            "hparams": json.dumps(hparams, sort_keys=True),
-            "target_epoch": str(epochs),
-            "launcher": self.launcher.name,
-            **(extra_tags or {}),
-        }
-        # Lineage as a param too: MLflow's compare view shows params (and tags only per run).
-        params = {
-            "pbt.member": member,
-            "pbt.generation": generation,
-            "pbt.attempt": attempt,
-            "pbt.copied_from_member": "" if copied_from_member is None else copied_from_member,
-        }
+        tags = MemberTags(
+            member, generation, epochs, attempt, copied_from, copied_from_member,
+            self.launcher.name, self.search_tag, hparams,
+        )  # fmt: skip
         return tracking.create_config_run(
-            cfg, self.uri, tags, parent_run_id=self.parent, extra_params=params
+            cfg, self.uri, tags.to_tags(), parent_run_id=self.parent, extra_params=tags.to_params()
         )
+
+    def new_member(self, member: int, hparams: dict[str, float]) -> MemberRun:
+        """A fresh generation-0 member (a search trial), created and queued."""
+        run_id = self.create_member_run(member, 0, hparams, None, None)
+        return MemberRun(run_id, member, 0, 0, QUEUED, "RUNNING", None, None, None, hparams)
 
     def epochs_for(self, generation: int) -> int:
         return target_epoch(self.pbt, generation)
 
     def run_name(self, member: int, generation: int) -> str:
         return f"m{member:02d}-g{generation:03d}"
-
-    def _member_tags(self, member: int) -> dict[str, str]:
-        """Per-member extra tags from the test-only fault plan (LFADS_TEST_FAULT_PLAN, JSON)."""
-        plan = os.environ.get("LFADS_TEST_FAULT_PLAN")
-        if not plan:
-            return {}
-        fault = json.loads(plan).get(str(member))
-        return {"test_fault": fault} if fault else {}
 
     # ------------------------------------------------------------------ the loop
 
@@ -158,11 +127,8 @@ class Controller:
         while True:
             members = load_members(self.client, self.parent)
             generation = max((m.generation for m in members), default=-1)
-            if generation < 0:
-                self._seed_population()
-                continue
-            if len(latest_attempts(members, generation)) < self.pbt.population:
-                self._create_generation(generation, members)
+            if generation < 0 or len(latest_attempts(members, generation)) < self.pbt.population:
+                self._create_generation(max(generation, 0), members)
                 continue
             self._run_generation(generation)
             members = load_members(self.client, self.parent)
@@ -185,24 +151,17 @@ class Controller:
                 return best.run_id
             self._advance(generation, latest, members)
 
-    def _seed_population(self) -> None:
-        population = initial_population(self.pbt.space, self.pbt.population, self.pbt.seed)
-        self._log(f"generation 0: creating {len(population)} members")
-        for member, hparams in enumerate(population):
-            self.create_member_run(
-                member, 0, hparams, None, None, extra_tags=self._member_tags(member)
-            )
-
     def _create_generation(self, generation: int, members: list[MemberRun]) -> None:
-        """Create the member runs of `generation` that do not exist yet (after a crash)."""
+        """Create the member runs of `generation` that do not exist yet (also after a crash)."""
         existing = latest_attempts(members, generation)
         if generation == 0:
+            population = initial_population(self.pbt.space, self.pbt.population, self.pbt.seed)
             plan = {
                 str(i): {"hparams": hp, "copied_from": None, "copied_from_member": None}
-                for i, hp in enumerate(
-                    initial_population(self.pbt.space, self.pbt.population, self.pbt.seed)
-                )
+                for i, hp in enumerate(population)
             }
+            if not existing:
+                self._log(f"generation 0: creating {len(plan)} members")
         else:
             plan = self._load_decisions(generation - 1)["next"]
         for key, entry in sorted(plan.items(), key=lambda kv: int(kv[0])):
@@ -214,52 +173,48 @@ class Controller:
                     entry["hparams"],
                     entry["copied_from"],
                     entry["copied_from_member"],
-                    extra_tags=self._member_tags(member) if generation == 0 else None,
                 )
-                _test_kill_point("mid_creation", generation)
+                faults.point("controller.mid_creation", generation=generation)
 
     def _run_generation(self, generation: int) -> None:
         latest = latest_attempts(load_members(self.client, self.parent), generation)
-        pending: deque[MemberRun] = deque(m for _, m in sorted(latest.items()) if m.state == QUEUED)
-        running: dict[int, MemberRun] = {
-            i: m for i, m in latest.items() if m.state == RUNNING and m.mlflow_status == "RUNNING"
-        }
+        pending, running = self._resume(generation, latest)
+        done = [sum(1 for m in latest.values() if m.done)]
+        self._log(
+            f"generation {generation}: {done[0]}/{len(latest)} done, {len(pending)} to run (target epoch {target_epoch(self.pbt, generation)})"
+        )
+
+        def on_done(m: MemberRun, outcome: str) -> None:
+            done[0] += 1
+            if outcome == FINISHED:
+                self._log(
+                    f"generation {generation}: member {m.member} finished ({done[0]}/{len(latest)})"
+                )
+
+        self.scheduler().run(pending, running, on_done=on_done)
+
+    def scheduler(self) -> Scheduler:
+        return Scheduler(
+            self._submit, self._check, self._fail, self.concurrency, self.poll_interval
+        )
+
+    def _resume(
+        self, generation: int, latest: dict[int, MemberRun]
+    ) -> tuple[list[MemberRun], list[MemberRun]]:
+        """(queued, running) members of a generation; adopts the jobs a killed controller left."""
+        pending = [m for _, m in sorted(latest.items()) if m.state == QUEUED]
+        running = [
+            m for _, m in sorted(latest.items())
+            if m.state == RUNNING and m.mlflow_status == "RUNNING"
+        ]  # fmt: skip
         if running:
             self._log(f"generation {generation}: adopting {len(running)} running member job(s)")
         for m in latest.values():  # also the jobs that ended while no controller was running
             if m.job.get("job_id") and m.job.get("launcher") == self.launcher.name:
-                self.launcher.adopt(self._handle(m))
-        n_done = sum(1 for m in latest.values() if m.done)
-        self._log(
-            f"generation {generation}: {n_done}/{len(latest)} done, {len(pending)} to run (target epoch {target_epoch(self.pbt, generation)})"
-        )
-        while pending or running:
-            batch = []
-            while pending and len(running) + len(batch) < self.concurrency:
-                batch.append(pending.popleft())
-            if batch:
-                # One call per batch: the SLURM launcher sends a batch as one job array.
-                for m in self._submit(batch):
-                    running[m.member] = m
-                _test_kill_point("after_submit", generation)
-            for member_id, m in list(running.items()):
-                outcome = self._check(m)
-                if outcome is None:
-                    continue
-                del running[member_id]
-                if outcome == FINISHED:
-                    n_done += 1
-                    self._log(
-                        f"generation {generation}: member {member_id} finished ({n_done}/{len(latest)})"
-                    )
-                else:
-                    retry = self._fail(m, outcome)
-                    if retry is not None:
-                        pending.append(retry)
-                    else:
-                        n_done += 1
-            if pending or running:
-                time.sleep(self.poll_interval)
+                self._adopt(m)
+        return pending, running
+
+    # ------------------------------------------------------------------ launcher calls
 
     def _submit(self, members: list[MemberRun]) -> list[MemberRun]:
         handles = self.launcher.submit_many([self._spec(m) for m in members])
@@ -271,8 +226,8 @@ class Controller:
                 "submitted_at": time.time(),
                 **handle.info,
             }
-            self.client.set_tag(m.run_id, P + "job", json.dumps(job))
-            set_state(self.client, m.run_id, RUNNING)
+            schema.set_job(self.client, m.run_id, job)
+            schema.mark_submitted(self.client, m.run_id)
             submitted.append(dataclasses.replace(m, state=RUNNING, job=job))
         return submitted
 
@@ -303,13 +258,18 @@ class Controller:
             m.job.get("launcher", self.launcher.name), str(m.job.get("job_id", "")), m.run_id, info
         )
 
+    def _adopt(self, m: MemberRun) -> None:
+        self.launcher.adopt(self._handle(m))
+
+    def _cancel(self, m: MemberRun) -> None:
+        self.launcher.cancel(self._handle(m))
+
     @staticmethod
     def _closed_outcome(run: Any) -> str | None:
         """FINISHED or a failure reason for a closed run; None while it is RUNNING."""
         status = run.info.status
         if status == "FINISHED":
-            fitness = run.data.metrics.get("pbt/fitness")
-            if fitness is None or not math.isfinite(fitness):
+            if not schema.is_finite(run.data.metrics.get(schema.FITNESS_METRIC)):
                 return "finished without a finite fitness"
             return FINISHED
         if status in ("FAILED", "KILLED"):
@@ -339,40 +299,28 @@ class Controller:
         last = float(beat) if beat else float(m.job.get("submitted_at", time.time()))
         last = max(last, self._last_queued.get(m.run_id, 0.0))
         if time.time() - last > self.pbt.heartbeat_timeout:
-            self.launcher.cancel(self._handle(m))
+            self._cancel(m)
             return f"no heartbeat for {self.pbt.heartbeat_timeout:.0f} s (hung)"
         return None
 
     def _fail(self, m: MemberRun, reason: str) -> MemberRun | None:
-        """Close the failed attempt; queue a retry if attempts remain."""
+        """Close the failed attempt (state failed, via the schema); queue a retry if any remain."""
         if m.job.get("job_id"):
-            self.launcher.cancel(self._handle(m))
+            self._cancel(m)
         tracking.mark_failed(self.uri, m.run_id, reason)
-        set_state(self.client, m.run_id, FAILED)
         if m.attempt < self.pbt.retries:
             self._log(
                 f"generation {m.generation}: member {m.member} attempt {m.attempt} failed ({reason}); retrying"
             )
-            run_id = self.create_member_run(
-                m.member,
-                m.generation,
-                m.hparams,
-                m.copied_from,
-                m.copied_from_member,
-                attempt=m.attempt + 1,
-                extra_tags=self._member_tags(m.member) if m.generation == 0 else None,
-            )
-            return MemberRun(
-                run_id,
-                m.member,
-                m.generation,
-                m.attempt + 1,
-                QUEUED,
-                "RUNNING",
-                None,
-                m.copied_from,
-                m.copied_from_member,
-                m.hparams,
+            return m.retry(
+                self.create_member_run(
+                    m.member,
+                    m.generation,
+                    m.hparams,
+                    m.copied_from,
+                    m.copied_from_member,
+                    attempt=m.attempt + 1,
+                )  # fmt: skip
             )
         self._log(
             f"generation {m.generation}: member {m.member} failed after {m.attempt + 1} attempt(s): {reason}"
@@ -392,61 +340,6 @@ class Controller:
             for a in self.client.list_artifacts(self.parent, "decisions")
         )
 
-    def decide(self, generation: int, latest: dict[int, MemberRun]) -> dict[str, Any]:
-        """Selection + exploration for the end of `generation`: pure given the results and seed."""
-        rng = np.random.default_rng([self.pbt.seed, generation])
-        ids = sorted(latest)
-        scores = [latest[i].fitness if latest[i].usable else None for i in ids]
-        pairs = select(scores, rng, self.pbt.selection, self.pbt.truncation_fraction)
-        plan = {
-            str(i): {
-                "hparams": latest[i].hparams,
-                "copied_from": latest[i].run_id,
-                "copied_from_member": i,
-                "exploited": False,
-            }
-            for i in ids
-        }
-        replacements = []
-        for loser_idx, winner_idx in pairs:
-            loser, winner = latest[ids[loser_idx]], latest[ids[winner_idx]]
-            new_hparams, record = explore(winner.hparams, self.pbt.space, rng)
-            plan[str(loser.member)] = {
-                "hparams": new_hparams,
-                "copied_from": winner.run_id,
-                "copied_from_member": winner.member,
-                "exploited": True,
-            }
-            replacements.append(
-                {
-                    "loser": loser.member,
-                    "winner": winner.member,
-                    "loser_run": loser.run_id,
-                    "winner_run": winner.run_id,
-                    "loser_fitness": loser.fitness,
-                    "winner_fitness": winner.fitness,
-                    "loser_state": loser.state,
-                    "changes": [
-                        {
-                            "key": p.key,
-                            "old": p.old,
-                            "new": p.new,
-                            "factor": p.factor,
-                            "clipped": p.clipped,
-                        }
-                        for p in record
-                    ],
-                }
-            )
-        return {
-            "generation": generation,
-            "selection": self.pbt.selection,
-            "seed": [self.pbt.seed, generation],
-            "scores": {str(i): s for i, s in zip(ids, scores, strict=True)},
-            "replacements": replacements,
-            "next": plan,
-        }
-
     def _advance(
         self, generation: int, latest: dict[int, MemberRun], members: list[MemberRun]
     ) -> None:
@@ -454,7 +347,7 @@ class Controller:
             decisions = self._load_decisions(generation)
         else:
             try:
-                decisions = self.decide(generation, latest)
+                decisions = decide(self.pbt, generation, latest)
             except PopulationFailed as err:
                 raise LfadsError(
                     f"PBT cannot continue after generation {generation}: {err}"
@@ -462,7 +355,7 @@ class Controller:
             self.client.log_text(
                 self.parent, json.dumps(decisions, indent=1), decisions_path(generation)
             )
-            _test_kill_point("after_decisions", generation)
+            faults.point("controller.after_decisions", generation=generation)
         for rep in decisions["replacements"]:
             if latest[rep["loser"]].state == FINISHED:
                 set_state(self.client, rep["loser_run"], EXPLOITED)

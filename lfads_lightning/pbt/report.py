@@ -1,6 +1,6 @@
 """Reports on a PBT population: summary table and CSV, `lfads pbt status` text, and figures.
 
-Everything here works on `MemberRun` lists as loaded from MLflow (`state.load_members`), so a
+Everything here works on `MemberRun` lists as loaded from MLflow (`runs.schema.load_members`), so a
 report can be drawn at any time, from a finished, running or crashed experiment. Only the final
 attempt of each (member, generation) is reported: earlier attempts were retried and replaced.
 Figures are bare Agg figures (see `lfads_lightning.evaluation.figures`); save them with `save_figure`.
@@ -25,7 +25,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from lfads_lightning.evaluation.figures import _colormap, _message_figure, _new_figure, save_figure
 from lfads_lightning.pbt.space import HyperParameter
-from lfads_lightning.runs.schema import EXPLOITED, FAILED, MemberRun
+from lfads_lightning.runs.schema import EXPLOITED, FAILED, MemberRun, is_finite
 
 __all__ = [
     "FITNESS_LABEL",
@@ -57,18 +57,14 @@ _NO_FITNESS_COLOR = "0.6"
 _LINEAGE_COLOR = "0.55"
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def _failed(m: MemberRun) -> bool:
     """Failed, or finished without a usable fitness (NaN/inf): it lost its generation."""
-    return m.state == FAILED or (m.done and not _finite(m.fitness))
+    return m.state == FAILED or (m.done and not is_finite(m.fitness))
 
 
 def _scored(m: MemberRun) -> bool:
     """Has a fitness to plot (a running member's is None; a failed one's does not count)."""
-    return _finite(m.fitness) and not _failed(m)
+    return is_finite(m.fitness) and not _failed(m)
 
 
 def final_attempts(members: Sequence[MemberRun]) -> list[MemberRun]:

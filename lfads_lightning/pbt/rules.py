@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from lfads_lightning.pbt.space import HyperParameter
+from lfads_lightning.runs.schema import is_finite
 
 
 class PopulationFailed(RuntimeError):
     """No member has a usable fitness: there is nobody to copy."""
 
 
-def is_valid(score: float | None) -> bool:
-    return score is not None and math.isfinite(score)
+is_valid = is_finite  # the schema's one finiteness check
 
 
 def select(

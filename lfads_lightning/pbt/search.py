@@ -1,30 +1,22 @@
 """`lfads search`: an Optuna search (random or TPE) over the PBT search space.
 
 The baseline earlier AutoLFADS systems offered next to PBT. It uses the same launchers, the same
-member worker and the same MLflow layout (a parent run, one child run per trial, all
-"generation 0"); each trial trains for PBT's whole epoch budget (burn-in + max_generations x
-epochs_per_generation), so both spend the same epochs per member. Trials are asked one at a time
-as launcher slots free up, so TPE sees every finished trial. Resuming replays the finished trials
-from MLflow into a new study.
+member worker, the same scheduler loop (`pbt.scheduler`) and the same MLflow layout (a parent
+run, one child run per trial, all "generation 0"); each trial trains for PBT's whole epoch budget
+(burn-in + max_generations x epochs_per_generation), so both spend the same epochs per member.
+Trials are asked one at a time as scheduler slots free up, so TPE sees every finished trial.
+Resuming replays the finished trials from MLflow into a new study.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-import time
-from collections import deque
 from typing import Any
 
+from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.controller import Controller, target_epoch
-from lfads_lightning.runs.schema import (
-    FINISHED,
-    QUEUED,
-    RUNNING,
-    MemberRun,
-    latest_attempts,
-    load_members,
-)
+from lfads_lightning.pbt.space import distributions
+from lfads_lightning.runs.schema import MemberRun, latest_attempts, load_members
 
 SAMPLERS = ("random", "tpe")
 
@@ -45,6 +37,7 @@ class SearchController(Controller):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
+        self.search_tag = sampler
         self.n_trials = n_trials
 
     def epochs_for(self, generation: int) -> int:
@@ -53,70 +46,47 @@ class SearchController(Controller):
     def run_name(self, member: int, generation: int) -> str:
         return f"trial-{member:03d}"
 
-    def _distributions(self) -> dict[str, Any]:
-        from optuna.distributions import FloatDistribution
-
-        return {
-            hp.key: FloatDistribution(hp.min, hp.max, log=hp.sampling == "log_uniform")
-            for hp in self.pbt.space
-        }
-
     def run(self) -> str:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(sampler=make_sampler(self.sampler, self.pbt.seed))
-        dists = self._distributions()
+        dists = distributions(self.pbt.space)
         latest = latest_attempts(load_members(self.client, self.parent), 0)
         told: set[int] = set()
         for _, m in sorted(latest.items()):
             if m.done:
                 self._record(study, m, told)
-        pending: deque[MemberRun] = deque(m for _, m in sorted(latest.items()) if m.state == QUEUED)
-        running = {
-            i: m for i, m in latest.items() if m.state == RUNNING and m.mlflow_status == "RUNNING"
-        }
-        next_trial = max(latest, default=-1) + 1
+        pending, running = self._resume(0, latest)
+        next_trial = [max(latest, default=-1) + 1]
         asked: dict[int, Any] = {}
         self._log(
             f"{self.sampler} search: {len(told)}/{self.n_trials} trials done, {self.epochs_for(0)} epochs each"
         )
-        while pending or running or next_trial < self.n_trials:
-            while len(running) < self.concurrency and (pending or next_trial < self.n_trials):
-                if pending:
-                    m = pending.popleft()
-                else:
-                    trial = study.ask(dists)
-                    hparams = {k: float(v) for k, v in trial.params.items()}
-                    run_id = self.create_member_run(
-                        next_trial, 0, hparams, None, None, extra_tags={"search": self.sampler}
-                    )
-                    asked[next_trial] = trial
-                    m = MemberRun(
-                        run_id, next_trial, 0, 0, QUEUED, "RUNNING", None, None, None, hparams
-                    )
-                    next_trial += 1
-                (running[m.member],) = self._submit([m])
-            for i, m in list(running.items()):
-                outcome = self._check(m)
-                if outcome is None:
-                    continue
-                del running[i]
-                if outcome != FINISHED:
-                    retry = self._fail(m, outcome)
-                    if retry is not None:
-                        pending.append(retry)
-                        continue
-                final = latest_attempts(load_members(self.client, self.parent), 0)[i]
-                self._record(study, final, told, asked.pop(i, None))
-                self._log(f"trial {i} done ({len(told)}/{self.n_trials}): fitness {final.fitness}")
-            if pending or running or next_trial < self.n_trials:
-                time.sleep(self.poll_interval)
+
+        def ask() -> MemberRun | None:
+            if next_trial[0] >= self.n_trials:
+                return None
+            trial = study.ask(dists)
+            m = self.new_member(next_trial[0], {k: float(v) for k, v in trial.params.items()})
+            asked[m.member] = trial
+            next_trial[0] += 1
+            return m
+
+        def on_done(m: MemberRun, outcome: str) -> None:
+            final = latest_attempts(load_members(self.client, self.parent), 0)[m.member]
+            self._record(study, final, told, asked.pop(m.member, None))
+            self._log(
+                f"trial {m.member} done ({len(told)}/{self.n_trials}): fitness {final.fitness}"
+            )
+
+        self.scheduler().run(pending, running, ask=ask, on_done=on_done)
+        return self._best()
+
+    def _best(self) -> str:
         members = latest_attempts(load_members(self.client, self.parent), 0)
         usable = [m for m in members.values() if m.usable]
         if not usable:
-            from lfads_lightning.errors import LfadsError
-
             raise LfadsError(
                 "search finished with no successful trial; see the trial runs' lfads.error tags"
             )
@@ -133,7 +103,7 @@ class SearchController(Controller):
         if m.member in told:
             return
         told.add(m.member)
-        ok = m.usable and m.fitness is not None and math.isfinite(m.fitness)
+        ok = m.usable  # finished with a finite fitness (schema.is_finite)
         if trial is not None:
             study.tell(
                 trial, m.fitness if ok else None, state=None if ok else optuna.trial.TrialState.FAIL
@@ -143,7 +113,7 @@ class SearchController(Controller):
         study.add_trial(
             optuna.trial.create_trial(
                 params=m.hparams,
-                distributions=self._distributions(),
+                distributions=distributions(self.pbt.space),
                 value=m.fitness if ok else None,
                 state=state,
             )

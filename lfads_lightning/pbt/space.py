@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lfads_lightning.errors import ConfigError
 
@@ -41,25 +42,29 @@ class HyperParameter:
             raise ConfigError(f"pbt.space {self.key}: explore_weight must be >= 0")
 
 
+def distributions(space: Sequence[HyperParameter]) -> dict[str, Any]:
+    """Optuna's distribution of each searched key (the one place they are built)."""
+    from optuna.distributions import FloatDistribution
+
+    return {
+        hp.key: FloatDistribution(hp.min, hp.max, log=hp.sampling == "log_uniform") for hp in space
+    }
+
+
 def initial_population(
     space: Sequence[HyperParameter], size: int, seed: int
 ) -> list[dict[str, float]]:
     """`size` hyperparameter sets: fixed inits as given, the rest from a seeded Optuna sampler."""
     import optuna
-    from optuna.distributions import FloatDistribution
 
     for hp in space:
         hp.check()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    distributions = {
-        hp.key: FloatDistribution(hp.min, hp.max, log=hp.sampling == "log_uniform")
-        for hp in space
-        if hp.init is None
-    }
+    drawn = distributions([hp for hp in space if hp.init is None])
     members = []
     for _ in range(size):
-        trial = study.ask(distributions)
+        trial = study.ask(drawn)
         values = {
             hp.key: float(hp.init) if hp.init is not None else float(trial.params[hp.key])
             for hp in space

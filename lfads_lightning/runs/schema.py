@@ -1,29 +1,156 @@
-"""Population state, kept only in MLflow.
+"""The member-run schema: the one place that writes and reads PBT/search member runs.
 
-One parent run per PBT experiment; one child run per member per generation per attempt. A child
-run's tags carry everything the controller needs to rebuild the population after a crash:
-member, generation, attempt, state, lineage (the run it was copied from), job handle, fitness.
-State transitions are explicit: queued -> running -> finished | failed; finished -> exploited.
+Population state lives only in MLflow. One parent run per experiment (kind `pbt` or `search`);
+one child run per member per generation per attempt (kind `pbt_member`). Like Optuna's storage
+for trials, every read and write of a member run goes through this module.
+
+Tags (all `lfads.`-prefixed): written once at creation by the controller (`MemberTags`):
+kind, member, generation, attempt, state=queued, copied_from, copied_from_member, target_epoch,
+launcher, search (trials only), hparams (a display copy, see below). Written later:
+state (`set_state`), job (controller, `set_job`), heartbeat (worker, `beat`), fitness
+(worker, `record_fitness`, also the `pbt/fitness` metric), error (whoever fails the run first),
+resumed_from / interrupted_at_epoch (worker, informational).
+
+States (`State`) and who moves them:
+    queued   -> running    controller on submit, worker on start (either may be first)
+    queued   -> failed     controller (a job that never started), worker
+    running  -> finished   worker, with a finite fitness
+    running  -> failed     worker (crash, NaN), controller (hung, job gone)
+    finished -> exploited  controller, when the member lost its generation's selection
+A retry is a new run (attempt + 1), so nothing moves back to queued.
+
+Guarantees: a state tag only moves along these edges (`set_state` raises `IllegalTransition`
+otherwise; writing the current state again is a no-op); failed and exploited are final and a
+finished run never changes again except finished -> exploited; a finished run has a finite
+fitness (`is_finite`: the one finiteness check). The check reads the current state first; MLflow
+has no compare-and-swap, which is why each edge above has one kind of writer per situation.
+
+Hyperparameters travel once: in the member's config (the config.yaml artifact and its flattened
+params, e.g. param `train.lr`), set by `pbt.config.with_hparams` -> `config.set_fields` (the one
+parser of 'section.key'). The worker trains with that config and re-applies its typed sections
+after the checkpoint restore (`ApplyHyperparameters`); readers take the searched keys (the
+parent's `pbt.space` param) from the run's params (`member_from_run`). The `lfads.hparams` tag is
+written at creation for display only and never read back.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from lfads_lightning.runs import tracking
 
 P = tracking.TAG_PREFIX
-QUEUED, RUNNING, FINISHED, FAILED, EXPLOITED = (
-    "queued",
-    "running",
-    "finished",
-    "failed",
-    "exploited",
-)
+KIND = "pbt_member"
 FITNESS_METRIC = "pbt/fitness"
+RESUMED_FROM = P + "resumed_from"
+INTERRUPTED_AT = P + "interrupted_at_epoch"
+
+
+class State(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    EXPLOITED = "exploited"
+
+
+QUEUED, RUNNING, FINISHED, FAILED, EXPLOITED = (
+    State.QUEUED,
+    State.RUNNING,
+    State.FINISHED,
+    State.FAILED,
+    State.EXPLOITED,
+)
+TRANSITIONS: dict[State, frozenset[State]] = {
+    QUEUED: frozenset({RUNNING, FAILED}),
+    RUNNING: frozenset({FINISHED, FAILED}),
+    FINISHED: frozenset({EXPLOITED}),
+    FAILED: frozenset(),
+    EXPLOITED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A member run's state was asked to move along an edge the schema does not have."""
+
+
+def is_finite(value: float | None) -> bool:
+    """A usable fitness: present and finite (NaN/inf and None lose and are never copied)."""
+    return value is not None and math.isfinite(value)
+
+
+def check_transition(old: State | str, new: State | str) -> bool:
+    """True: write `new`; False: already there (no-op). Raises IllegalTransition otherwise."""
+    old, new = State(old), State(new)
+    if old == new:
+        return False
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"member run state cannot move {old} -> {new}")
+    return True
+
+
+@dataclass(frozen=True)
+class MemberTags:
+    """What a member run is, written once when the controller creates it."""
+
+    member: int
+    generation: int
+    target_epoch: int
+    attempt: int = 0
+    copied_from: str | None = None
+    copied_from_member: int | None = None
+    launcher: str = ""
+    search: str | None = None
+    hparams: dict[str, float] = field(default_factory=dict)  # display copy only
+
+    def to_tags(self) -> dict[str, str]:
+        """Unprefixed tags, as `tracking.create_config_run` takes them."""
+        cm = self.copied_from_member
+        tags = {
+            "kind": KIND,
+            "member": str(self.member),
+            "generation": str(self.generation),
+            "attempt": str(self.attempt),
+            "state": str(QUEUED),
+            "copied_from": self.copied_from or "",
+            "copied_from_member": "" if cm is None else str(cm),
+            "hparams": json.dumps(self.hparams, sort_keys=True),
+            "target_epoch": str(self.target_epoch),
+            "launcher": self.launcher,
+        }
+        return {**tags, **({"search": self.search} if self.search else {})}
+
+    def to_params(self) -> dict[str, Any]:
+        """Lineage as params too: MLflow's compare view shows params (tags only per run)."""
+        cm = self.copied_from_member
+        return {
+            "pbt.member": self.member,
+            "pbt.generation": self.generation,
+            "pbt.attempt": self.attempt,
+            "pbt.copied_from_member": "" if cm is None else cm,
+        }
+
+    @classmethod
+    def from_run(cls, run: Any, keys: list[str] | tuple[str, ...] = ()) -> MemberTags:
+        """The tags of a member run; hparams: the searched `keys`, read from its params."""
+        tags, params = run.data.tags, run.data.params
+        cm = tags.get(P + "copied_from_member")
+        return cls(
+            member=int(tags[P + "member"]),
+            generation=int(tags[P + "generation"]),
+            target_epoch=int(tags.get(P + "target_epoch", "0")),
+            attempt=int(tags.get(P + "attempt", "0")),
+            copied_from=tags.get(P + "copied_from") or None,
+            copied_from_member=int(cm) if cm not in (None, "") else None,
+            launcher=tags.get(P + "launcher", ""),
+            search=tags.get(P + "search") or None,
+            hparams={k: float(params[k]) for k in keys if k in params},
+        )
 
 
 @dataclass
@@ -32,7 +159,7 @@ class MemberRun:
     member: int
     generation: int
     attempt: int
-    state: str
+    state: State
     mlflow_status: str
     fitness: float | None
     copied_from: str | None
@@ -42,6 +169,9 @@ class MemberRun:
     heartbeat: float | None = None
     start_time: float | None = None
 
+    def __post_init__(self) -> None:
+        self.state = State(self.state)
+
     @property
     def done(self) -> bool:
         return self.state in (FINISHED, EXPLOITED, FAILED)
@@ -49,11 +179,14 @@ class MemberRun:
     @property
     def usable(self) -> bool:
         """Finished with a finite fitness: may be compared and copied."""
-        return (
-            self.state in (FINISHED, EXPLOITED)
-            and self.fitness is not None
-            and math.isfinite(self.fitness)
-        )
+        return self.state in (FINISHED, EXPLOITED) and is_finite(self.fitness)
+
+    def retry(self, run_id: str) -> MemberRun:
+        """The next attempt, just created (queued)."""
+        return MemberRun(
+            run_id, self.member, self.generation, self.attempt + 1, QUEUED, "RUNNING", None,
+            self.copied_from, self.copied_from_member, dict(self.hparams),
+        )  # fmt: skip
 
 
 def _float(value: str | None) -> float | None:
@@ -65,30 +198,36 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def member_from_run(run: Any) -> MemberRun:
+def member_from_run(run: Any, keys: list[str] | tuple[str, ...] = ()) -> MemberRun:
+    t = MemberTags.from_run(run, keys)
     tags = run.data.tags
     fitness = run.data.metrics.get(FITNESS_METRIC)
-    copied_member = tags.get(P + "copied_from_member")
     return MemberRun(
         run_id=run.info.run_id,
-        member=int(tags[P + "member"]),
-        generation=int(tags[P + "generation"]),
-        attempt=int(tags.get(P + "attempt", "0")),
-        state=tags.get(P + "state", QUEUED),
+        member=t.member,
+        generation=t.generation,
+        attempt=t.attempt,
+        state=State(tags.get(P + "state", QUEUED)),
         mlflow_status=run.info.status,
         fitness=None if fitness is None else float(fitness),
-        copied_from=tags.get(P + "copied_from") or None,
-        copied_from_member=int(copied_member) if copied_member not in (None, "") else None,
-        hparams=json.loads(tags.get(P + "hparams", "{}")),
+        copied_from=t.copied_from,
+        copied_from_member=t.copied_from_member,
+        hparams=t.hparams,
         job=json.loads(tags.get(P + "job", "{}")),
         heartbeat=_float(tags.get(P + "heartbeat")),
         start_time=run.info.start_time / 1000.0 if run.info.start_time else None,
     )
 
 
+def space_keys(parent: Any) -> list[str]:
+    """The searched hyperparameter keys of a PBT/search parent run (its `pbt.space` param)."""
+    return [hp["key"] for hp in json.loads(parent.data.params.get("pbt.space", "[]"))]
+
+
 def load_members(client: Any, parent_run_id: str) -> list[MemberRun]:
     """Every child run of the PBT parent, all pages."""
     parent = client.get_run(parent_run_id)
+    keys = space_keys(parent)
     runs, token = [], None
     while True:
         page = client.search_runs(
@@ -101,7 +240,7 @@ def load_members(client: Any, parent_run_id: str) -> list[MemberRun]:
         token = page.token
         if not token:
             break
-    return [member_from_run(r) for r in runs if P + "member" in r.data.tags]
+    return [member_from_run(r, keys) for r in runs if P + "member" in r.data.tags]
 
 
 def latest_attempts(members: list[MemberRun], generation: int) -> dict[int, MemberRun]:
@@ -115,10 +254,6 @@ def latest_attempts(members: list[MemberRun], generation: int) -> dict[int, Memb
     return latest
 
 
-def set_state(client: Any, run_id: str, state: str) -> None:
-    client.set_tag(run_id, P + "state", state)
-
-
 def best_per_generation(members: list[MemberRun]) -> list[float]:
     """Best (lowest) usable fitness of each finished generation, in order."""
     generations = sorted({m.generation for m in members})
@@ -127,3 +262,45 @@ def best_per_generation(members: list[MemberRun]) -> list[float]:
         values = [m.fitness for m in latest_attempts(members, g).values() if m.usable]
         bests.append(min(values) if values else math.nan)
     return bests
+
+
+# ---------------------------------------------------------------------- writers
+
+
+def set_state(client: Any, run_id: str, state: State | str) -> None:
+    """Move a member run's state along an allowed edge (re-writing the current one: no-op)."""
+    current = client.get_run(run_id).data.tags.get(P + "state", QUEUED)
+    if check_transition(current, state):
+        client.set_tag(run_id, P + "state", str(State(state)))
+
+
+def mark_submitted(client: Any, run_id: str) -> None:
+    """The controller's queued -> running on submit; a worker that got further first wins."""
+    if client.get_run(run_id).data.tags.get(P + "state", QUEUED) == QUEUED:
+        client.set_tag(run_id, P + "state", str(RUNNING))
+
+
+def fail_state(client: Any, run: Any) -> None:
+    """The state part of `tracking.mark_failed`: failed, unless the run is already final."""
+    tags = run.data.tags
+    if tags.get(P + "kind") != KIND:  # not a member run: its state tag is not ours
+        client.set_tag(run.info.run_id, P + "state", "failed")
+        return
+    if FAILED in TRANSITIONS[State(tags.get(P + "state", QUEUED))]:
+        client.set_tag(run.info.run_id, P + "state", str(FAILED))
+
+
+def set_job(client: Any, run_id: str, job: dict[str, Any]) -> None:
+    client.set_tag(run_id, P + "job", json.dumps(job))
+
+
+def beat(client: Any, run_id: str, now: float | None = None) -> None:
+    client.set_tag(run_id, P + "heartbeat", f"{time.time() if now is None else now:.1f}")
+
+
+def record_fitness(client: Any, run_id: str, fitness: float, step: int) -> bool:
+    """Log the fitness (tag and metric); True if it is finite (the run may finish)."""
+    ok = is_finite(fitness)
+    client.log_metric(run_id, FITNESS_METRIC, fitness if ok else math.nan, step=step)
+    client.set_tag(run_id, P + "fitness", f"{fitness:.6g}" if ok else "nan")
+    return ok

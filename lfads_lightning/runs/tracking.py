@@ -145,7 +145,9 @@ def mark_failed(uri: str, run_id: str, message: str, status: str = "FAILED") -> 
         if TAG_PREFIX + "error" not in run.data.tags:
             c.set_tag(run_id, TAG_PREFIX + "error", message[:4000])
         if TAG_PREFIX + "state" in run.data.tags:
-            c.set_tag(run_id, TAG_PREFIX + "state", "failed")
+            from lfads_lightning.runs.schema import fail_state  # the schema's allowed edges
+
+            fail_state(c, run)
         if run.info.status in ("RUNNING", "SCHEDULED"):
             c.set_terminated(run_id, status=status)
     except Exception:  # noqa: BLE001 - nothing more can be done if the store is gone

@@ -7,9 +7,7 @@ epoch to train up to. It ends by logging its checkpoint and its fitness.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -19,9 +17,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from lfads_lightning import faults
 from lfads_lightning.config import LfadsConfig
-from lfads_lightning.runs import tracking
-from lfads_lightning.runs.schema import FAILED, FINISHED, FITNESS_METRIC, RUNNING, P, set_state
+from lfads_lightning.runs import schema, tracking
+from lfads_lightning.runs.schema import FAILED, FINISHED, RUNNING, MemberTags, set_state
 from lfads_lightning.worker import preemption
 
 CHECKPOINT_ARTIFACT = "checkpoints/last.ckpt"
@@ -44,7 +43,7 @@ def upload_spilled_checkpoint(client: Any, run_id: str) -> None:
             file=sys.stderr,
         )
         return
-    client.set_tag(run_id, P + "interrupted_at_epoch", str(epoch))
+    client.set_tag(run_id, schema.INTERRUPTED_AT, str(epoch))
     path.unlink()
     path.with_name("epoch").unlink(missing_ok=True)
 
@@ -57,17 +56,18 @@ def _own_checkpoint(client: Any, run_id: str, work: str) -> str | None:
 
 
 class ApplyHyperparameters(Callback):
-    """Set the member's hyperparameters after Lightning restored the checkpoint.
+    """Set the member's hyperparameters (its config's sections) after Lightning restored the
+    checkpoint.
 
     Restoring an optimiser's state dict silently brings back the learning rate (and weight
     decay) it was saved with; on_train_start runs after that restore.
     """
 
-    def __init__(self, hparams: dict[str, float]) -> None:
-        self.hparams = hparams
+    def __init__(self, cfg: LfadsConfig) -> None:
+        self.cfg = cfg
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        pl_module.apply_hyperparameters(self.hparams)
+        pl_module.apply_hyperparameters(self.cfg.model, self.cfg.loss, self.cfg.train)
 
 
 class Heartbeat(Callback):
@@ -80,61 +80,50 @@ class Heartbeat(Callback):
     def beat(self) -> None:
         now = time.time()
         if now - self._last >= self.every_s:
-            self.client.set_tag(self.run_id, P + "heartbeat", f"{now:.1f}")
+            schema.beat(self.client, self.run_id, now)
             self._last = now
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.beat()
 
 
-def _fault_injection(run: Any) -> None:
-    """Test hook (only with LFADS_TEST_FAULTS=1): crash, exit, hang or NaN on a chosen attempt."""
-    if os.environ.get("LFADS_TEST_FAULTS") != "1":
-        return
-    fault = run.data.tags.get(P + "test_fault", "")
-    if not fault:
-        return
-    kind, _, attempts = fault.partition("@")
-    attempt = int(run.data.tags.get(P + "attempt", "0"))
-    if attempts and str(attempt) not in attempts.split(","):
-        return
-    if kind == "crash":
-        raise RuntimeError("injected crash")
-    if kind == "exit":
-        os._exit(3)
-    if kind == "hang":
-        time.sleep(3600)
-
-
-def _injected_nan(tags: dict[str, str]) -> bool:
-    if os.environ.get("LFADS_TEST_FAULTS") != "1" or not tags.get(P + "test_fault", "").startswith(
-        "nan"
-    ):
-        return False
-    _, _, attempts = tags[P + "test_fault"].partition("@")
-    return not attempts or tags.get(P + "attempt", "0") in attempts.split(",")
-
-
 def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     """Train from the parent checkpoint up to the target epoch; return the fitness."""
-    from lfads_lightning.worker.callbacks import MlflowEpochLogger
-    from lfads_lightning.worker.setup import build_module, datamodule_for, make_trainer, set_threads
-
     client = tracking.client(uri)
     run_id = run.info.run_id
-    tags = run.data.tags
+    member = MemberTags.from_run(run)
+    where = {"member": member.member, "generation": member.generation, "attempt": member.attempt}
     set_state(client, run_id, RUNNING)
     heartbeat = Heartbeat(client, run_id)
     heartbeat.beat()
-    _fault_injection(run)
+    faults.point("member.start", **where)
+    module, trainer = _train(cfg, client, uri, run_id, member, heartbeat)
+    fitness = module.recon_smth if module.recon_smth is not None else math.nan
+    if faults.point("member.fitness", **where) == "nan":
+        fitness = math.nan
+    tracking.log_metrics(
+        client, run_id, {"epochs": float(trainer.current_epoch)}, step=trainer.current_epoch
+    )
+    if not schema.record_fitness(client, run_id, fitness, step=trainer.current_epoch):
+        set_state(client, run_id, FAILED)
+        raise FloatingPointError("member fitness is not finite (NaN)")
+    set_state(client, run_id, FINISHED)
+    return fitness
+
+
+def _train(
+    cfg: LfadsConfig, client: Any, uri: str, run_id: str, member: MemberTags, heartbeat: Heartbeat
+) -> tuple[Any, L.Trainer]:
+    """Fit from the right checkpoint and log the member's own checkpoint artifact."""
+    from lfads_lightning.worker.callbacks import MlflowEpochLogger
+    from lfads_lightning.worker.setup import build_module, datamodule_for, make_trainer, set_threads
+
     set_threads(cfg.train.threads)
-    L.seed_everything(cfg.train.seed + int(tags.get(P + "generation", "0")), verbose=False)
-    hparams = json.loads(tags.get(P + "hparams", "{}"))
-    target_epoch = int(tags[P + "target_epoch"])
+    L.seed_everything(cfg.train.seed + member.generation, verbose=False)
     dm = datamodule_for(cfg)
     module = build_module(cfg, dm)
     callbacks = [
-        ApplyHyperparameters(hparams),
+        ApplyHyperparameters(cfg),
         MlflowEpochLogger(uri, run_id),
         heartbeat,
         preemption.SaveOnPreemption(run_id),
@@ -142,14 +131,13 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
     upload_spilled_checkpoint(client, run_id)
     # Everything a member keeps goes to MLflow; its local files live only as long as the job.
     with tempfile.TemporaryDirectory(prefix="lfads-member-") as work:
-        source = tags.get(P + "copied_from")
         ckpt = _own_checkpoint(client, run_id, work)
         if ckpt is not None:
-            client.set_tag(run_id, P + "resumed_from", "own checkpoint (requeued job)")
-        elif source:
-            ckpt = client.download_artifacts(source, CHECKPOINT_ARTIFACT, work)
+            client.set_tag(run_id, schema.RESUMED_FROM, "own checkpoint (requeued job)")
+        elif member.copied_from:
+            ckpt = client.download_artifacts(member.copied_from, CHECKPOINT_ARTIFACT, work)
         trainer = make_trainer(
-            cfg, Path(work), callbacks, max_epochs=target_epoch, resuming=ckpt is not None
+            cfg, Path(work), callbacks, max_epochs=member.target_epoch, resuming=ckpt is not None
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if trainer.interrupted:
@@ -157,18 +145,4 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
         path = Path(work) / "last.ckpt"
         trainer.save_checkpoint(path)
         client.log_artifact(run_id, str(path), "checkpoints")
-    fitness = module.recon_smth if module.recon_smth is not None else math.nan
-    if _injected_nan(tags):
-        fitness = math.nan
-    tracking.log_metrics(
-        client, run_id, {"epochs": float(trainer.current_epoch)}, step=trainer.current_epoch
-    )
-    if not math.isfinite(fitness):
-        client.set_tag(run_id, P + "fitness", "nan")
-        client.log_metric(run_id, FITNESS_METRIC, math.nan, step=trainer.current_epoch)
-        set_state(client, run_id, FAILED)
-        raise FloatingPointError("member fitness is not finite (NaN)")
-    client.log_metric(run_id, FITNESS_METRIC, fitness, step=trainer.current_epoch)
-    client.set_tag(run_id, P + "fitness", f"{fitness:.6g}")
-    set_state(client, run_id, FINISHED)
-    return fitness
+    return module, trainer
