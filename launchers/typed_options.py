@@ -22,7 +22,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -34,7 +34,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except SectionError as err:
                 errors.append(str(err))
         raise SectionError(errors[0] if errors else f"{key}: bad value {value!r}")
@@ -44,7 +44,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = [value]
         if not isinstance(value, list):
             raise SectionError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return typed_section(tp, value, f"{key}.")
     if tp is bool:
@@ -106,5 +106,5 @@ def typed_section(cls: type, data: dict[str, Any] | None, prefix: str = "") -> A
         if dataclasses.is_dataclass(tp):
             kwargs[name] = typed_section(tp, value, f"{key}.")
         else:
-            kwargs[name] = _coerce(value, tp, key)
+            kwargs[name] = coerce(value, tp, key)
     return cls(**kwargs)

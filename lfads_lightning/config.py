@@ -7,6 +7,7 @@ lists the valid keys, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 
 from launchers.registry import LAUNCHER_NAMES
-from launchers.typed_options import SectionError, typed_section
+from launchers.typed_options import SectionError, coerce, typed_section
 from lfads_lightning.errors import ConfigError
 
 RECON_DISTRIBUTIONS = ("poisson", "gaussian", "gamma", "zig", "mse")
@@ -192,7 +193,11 @@ def set_fields(cfg: LfadsConfig, values: dict[str, Any]) -> LfadsConfig:
         if len(rest) != 1 or not dataclasses.is_dataclass(target) or not hasattr(target, rest[0]):
             raise ConfigError(f"{key!r} is not a 'section.key' field of the config")
         target = sections.setdefault(section, dataclasses.replace(target))
-        setattr(target, rest[0], _coerce(value, typing.get_type_hints(type(target))[rest[0]], key))
+        try:
+            value = coerce(value, typing.get_type_hints(type(target))[rest[0]], key)
+        except SectionError as err:
+            raise ConfigError(str(err)) from None
+        setattr(target, rest[0], value)
     return dataclasses.replace(cfg, **sections)
 
 

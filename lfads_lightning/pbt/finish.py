@@ -11,8 +11,9 @@ from launchers import JobSpec, JobState
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig
 from lfads_lightning.runs import tracking
+from lfads_lightning.runs.schema import BEST_RUN as BEST_RUN_TAG
+from lfads_lightning.runs.schema import FINAL_SAMPLED as SAMPLED_TAG
 from lfads_lightning.runs.schema import load_members
-from lfads_lightning.worker.final import BEST_RUN_TAG, SAMPLED_TAG
 
 
 def finish(

@@ -49,6 +49,10 @@ KIND = "pbt_member"
 FITNESS_METRIC = "pbt/fitness"
 RESUMED_FROM = P + "resumed_from"
 INTERRUPTED_AT = P + "interrupted_at_epoch"
+# Tags of a PBT/search parent run: the controller names the best member, the final sampling
+# job (worker/final.py) says when its outputs are logged; the controller then closes the parent.
+BEST_RUN = P + "best_run"
+FINAL_SAMPLED = P + "final_sampled"  # "1" once the best member's outputs are on the parent
 
 
 class State(enum.StrEnum):

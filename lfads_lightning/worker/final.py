@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from lfads_lightning.errors import LfadsError
-from lfads_lightning.runs import tracking
+from lfads_lightning.runs import schema, tracking
 
-BEST_RUN_TAG = tracking.TAG_PREFIX + "best_run"
-SAMPLED_TAG = tracking.TAG_PREFIX + "final_sampled"  # "1" once the outputs are logged
+BEST_RUN_TAG = schema.BEST_RUN
+SAMPLED_TAG = schema.FINAL_SAMPLED
 
 
 def sample_best_member(client: Any, parent: str) -> dict[str, float]:
