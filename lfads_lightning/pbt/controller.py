@@ -262,7 +262,8 @@ class Controller:
         self.launcher.adopt(self._handle(m))
 
     def _cancel(self, m: MemberRun) -> None:
-        self.launcher.cancel(self._handle(m))
+        if m.job.get("launcher", self.launcher.name) == self.launcher.name:
+            self.launcher.cancel(self._handle(m))
 
     @staticmethod
     def _closed_outcome(run: Any) -> str | None:
@@ -281,12 +282,17 @@ class Controller:
         run = self.client.get_run(m.run_id)
         outcome = self._closed_outcome(run)
         if outcome is not None:
-            if m.job.get("job_id"):
+            if m.job.get("job_id") and m.job.get("launcher") == self.launcher.name:
                 self.launcher.release(self._handle(m))
             return outcome
         if not m.job.get("job_id"):
             return "no job handle recorded"
-        job_state = self.launcher.poll(self._handle(m))
+        if m.job.get("launcher", self.launcher.name) != self.launcher.name:
+            # Submitted by another launcher before the run moved (`--resume --launcher X`): this
+            # one cannot poll it; the run's own status and its heartbeat tell.
+            job_state = JobState.RUNNING
+        else:
+            job_state = self.launcher.poll(self._handle(m))
         if job_state.terminal or job_state == JobState.UNKNOWN:
             time.sleep(0.5)  # the worker may be closing its run right now
             outcome = self._closed_outcome(self.client.get_run(m.run_id))
