@@ -32,7 +32,9 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "final_attempts",
     "fitness_figure",
+    "generation_summary",
     "hparam_evolution_figure",
+    "lineage",
     "save_figure",
     "status_table",
     "summary_rows",
@@ -136,6 +138,66 @@ def _fmt_fitness(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.6g}"
 
 
+def lineage(m: MemberRun) -> str:
+    """How a member started its generation: "-" (generation 0, fresh), "continued" (from its
+    own previous checkpoint) or "copied from N" (it took member N's checkpoint and
+    hyperparameters, perturbed)."""
+    if m.generation == 0 or m.copied_from_member is None:
+        return "-"
+    if m.copied_from_member == m.member:
+        return "continued"
+    return f"copied from {m.copied_from_member}"
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def generation_summary(
+    latest: Sequence[MemberRun],
+    generation: int,
+    max_generations: int | None = None,
+    now: float | None = None,
+) -> str:
+    """One line per finished generation for the controller's log: best and median fitness,
+    members alive, who copied whom into this generation, how long it took and, with
+    `max_generations`, an upper bound on the time left (PBT may stop earlier).
+
+    `latest` is the generation's latest attempts; its duration runs from the earliest member
+    run's creation to `now` (default: the current time).
+    """
+    import time
+
+    now = time.time() if now is None else now
+    finals = [m for m in final_attempts(latest) if m.generation == generation]
+    scored = sorted((m for m in finals if m.usable), key=lambda m: m.fitness)  # type: ignore[arg-type, return-value]
+    parts = [f"generation {generation} done"]
+    if scored:
+        median = float(np.median([m.fitness for m in scored]))
+        parts.append(
+            f"best {scored[0].fitness:.5g} (member {scored[0].member}), median {median:.5g}"
+        )
+    parts.append(f"{len(scored)}/{len(finals)} alive")
+    copies = [
+        f"{m.member}<-{m.copied_from_member}" for m in finals if lineage(m).startswith("copied")
+    ]
+    if generation > 0:
+        parts.append("copied into it: " + (", ".join(copies) if copies else "none"))
+    starts = [m.start_time for m in finals if m.start_time]
+    if starts:
+        took = now - min(starts)
+        parts.append(f"took {_fmt_duration(took)}")
+        if max_generations is not None:
+            left = max(0, max_generations - generation - 1)
+            parts.append(f"ETA <= {_fmt_duration(took * left)} ({left} generation(s) left at most)")
+    return "; ".join(parts)
+
+
 def status_table(
     members: Sequence[MemberRun],
     space_keys: Sequence[str] | None = None,
@@ -155,9 +217,9 @@ def status_table(
         finals = [m for m in finals if m.generation == newest]
     keys = list(space_keys) if space_keys is not None else _hparam_keys(finals)
     short = _short_names(keys)
-    header = ["member", "gen", "state", "fitness", "attempts", "copied from"]
+    header = ["member", "gen", "state", "fitness", "attempts", "lineage"]
     header += [short[k] for k in keys]
-    right = [True, True, False, True, True, True] + [True] * len(keys)
+    right = [True, True, False, True, True, False] + [True] * len(keys)
     lines = []
     for m in finals:
         cells = [
@@ -166,7 +228,7 @@ def status_table(
             m.state,
             _fmt_fitness(m.fitness),
             str(m.attempt + 1),
-            "-" if m.copied_from_member is None else str(m.copied_from_member),
+            lineage(m),
         ]
         for k in keys:
             v = m.hparams.get(k)
