@@ -153,6 +153,10 @@ def run_pbt(
     launcher = get_launcher(launcher_name, **options)
     concurrency = pbt.concurrency or launcher.default_concurrency(pbt.population)
     threads = base.train.threads or launcher.default_threads(concurrency)
+    if launcher_name == "local" and not base.train.threads:
+        from lfads_lightning.worker.setup import DEFAULT_THREADS
+
+        threads = DEFAULT_THREADS  # more threads per member collapse on a busy machine
     args = (uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
     if search:
         from lfads_lightning.pbt.search import SearchController
