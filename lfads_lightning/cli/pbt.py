@@ -26,14 +26,13 @@ def cmd_pbt(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lfads_lightning.pbt.experiment import status
+    from lfads_lightning.pbt.experiment import status_at
     from lfads_lightning.runs import tracking
 
     if len(args.items) != 2:
         raise ConfigError("usage: lfads pbt status PARENT_RUN_ID")
     uri = tracking.resolve_uri(args.tracking_uri)
-    tracking.check_store(uri)
-    print(status(tracking.client(uri), args.items[1], "all" if args.all else "latest"))
+    print(status_at(uri, args.items[1], "all" if args.all else "latest"))
     return 0
 
 

@@ -23,6 +23,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
             uri = tracking.resolve_uri(args.tracking_uri)
+            _check_run_exists(uri, args.run)
             tracking.check_store(uri)
             client = tracking.client(uri)
             try:
@@ -53,6 +54,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for path in written:
         print(f"lfads: wrote {path}", file=sys.stderr)
     return 0
+
+
+def _check_run_exists(uri: str, run_id: str) -> None:
+    """An unknown run id is answered at once, without the seconds MLflow takes to import."""
+    from lfads_lightning.runs import fastread
+
+    missing = f"MLflow run {run_id} not found in {uri}; check the run id and --tracking-uri / MLFLOW_TRACKING_URI"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise LfadsError(missing)
+    if fastread.supported(uri):
+        try:
+            if fastread.get_run(uri, run_id) is None:
+                raise LfadsError(missing)
+        except fastread.FastReadUnavailable:
+            pass
 
 
 def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> list[Path]:
