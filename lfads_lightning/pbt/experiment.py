@@ -202,6 +202,9 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
     cfg = load_run_config(client, best_run)
     set_threads(0)
     run_dir = Path(cfg.output.dir) / parent
+    print(
+        f"lfads pbt: loading the best member {best.member}'s checkpoint and data", file=sys.stderr
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = client.download_artifacts(best_run, CHECKPOINT_ARTIFACT, tmp)
         module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
@@ -211,6 +214,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
         file=sys.stderr,
     )
     metrics = sample_and_log(cfg, module, dm, client, parent, run_dir)
+    print("lfads pbt: writing the report (figures, summary.csv)", file=sys.stderr, flush=True)
     metrics["pbt/best_fitness_final"] = float(best.fitness)
     metrics["pbt/generations"] = float(max(m.generation for m in members) + 1)
     tracking.log_metrics(client, parent, metrics)
@@ -232,9 +236,9 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
     client.set_tag(parent, "lfads.best_member", str(best.member))
     client.set_tag(parent, "lfads.state", "finished")
     client.set_terminated(parent, status="FINISHED")
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("posterior/")}
     print(
-        f"lfads pbt: finished {parent}: best member {best.member}, fitness {best.fitness:.6g}, {shown}",
+        f"lfads pbt: finished {parent}: best member {best.member} (run {best_run}), "
+        f"fitness {best.fitness:.6g}; report in {report_dir}",
         file=sys.stderr,
     )
 
@@ -266,6 +270,17 @@ def _status_text(run: Any, members: list[Any], generations: str) -> str:
         f"{population} members, {len({m.generation for m in members})} generation(s) started"
     )
     return head + "\n" + report.status_table(members, space_keys, generations=generations)
+
+
+def final_results(client: Any, parent: str) -> tuple[dict[str, float], dict[str, str]]:
+    """The finished parent's metrics and what the results table lists next to them."""
+    run = client.get_run(parent)
+    tags = run.data.tags
+    extra = {
+        "best member": f"{tags.get('lfads.best_member', '?')} (run {tags.get('lfads.best_run', '?')})",
+        "status": f"lfads pbt status {parent} --all",
+    }
+    return run.data.metrics, extra
 
 
 def status(client: Any, parent: str, generations: str = "latest") -> str:
