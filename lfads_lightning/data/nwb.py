@@ -94,8 +94,14 @@ def convert_nlb_nwb(
     n_fwd = int(round(forward_ms / bin_size_ms))
     if n_obs <= 0 or n_fwd < 0:
         raise DataError(f"window {start_ms}..{end_ms} ms (+{forward_ms} ms) holds no bins")
+    from lfads_lightning.progress import Progress
+
+    # Steps: reading the file, each unit's spike times, binning each split, writing.
+    progress = Progress(f"converting {src.name}", 1, "steps")
     with _open(src) as io:
         nwb = io.read()
+        progress.total = 1 + (len(nwb.units) if nwb.units is not None else 0) + 3 + 1
+        progress.update()
         trials, units = nwb.trials, nwb.units
         if trials is None or units is None:
             raise DataError(f"{src}: needs a trials and a units table (an NLB NWB file)")
@@ -103,7 +109,10 @@ def convert_nlb_nwb(
             [s.decode() if isinstance(s, bytes) else str(s) for s in _column(trials, "split", src)]
         )
         event = _column(trials, align, src).astype(np.float64)
-        spikes = [np.asarray(units["spike_times"][u]) for u in range(len(units))]
+        spikes = []
+        for u in range(len(units)):
+            spikes.append(np.asarray(units["spike_times"][u]))
+            progress.update()
         heldout = (
             _column(units, "heldout", src).astype(bool)
             if "heldout" in units.colnames
@@ -133,6 +142,7 @@ def convert_nlb_nwb(
         "test": np.flatnonzero(split == "val"),
     }
     for name, ids in groups.items():
+        progress.update()
         if len(ids) == 0:
             continue
         if np.isnan(event[ids]).any():
@@ -155,4 +165,7 @@ def convert_nlb_nwb(
         "description": f"NLB NWB {src.name}: {align} {start_ms:+g}..{end_ms:+g} ms, "
         f"{n_fwd} forward bins; test = NLB val trials; valid = every {valid_every}th train trial",
     }
-    return write_session(out_path, splits, attrs, overwrite=overwrite)
+    path = write_session(out_path, splits, attrs, overwrite=overwrite)
+    progress.update()
+    progress.close()
+    return path
