@@ -93,13 +93,14 @@ def results_report(
     extra: Mapping[str, str] | None = None,
 ) -> str:
     """`title`, the metrics table, then aligned "where" lines: outputs, run, MLflow UI."""
-    where: dict[str, str] = dict(extra or {})
+    where: dict[str, str] = {}
     if outputs:
         where["outputs"] = str(outputs)
     if run_id:
         where["MLflow run"] = run_id
     if tracking_uri:
         where["MLflow UI"] = f"lfads ui --tracking-uri {tracking_uri}"
+    where.update(extra or {})
     width = max((len(k) for k in where), default=0)
     lines = [
         title,
