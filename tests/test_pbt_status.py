@@ -91,6 +91,7 @@ def test_sqlite_fast_path_matches_mlflow(tracking_uri):
     _check_same_as_mlflow(tracking_uri)
 
 
+@pytest.mark.server
 def test_server_fast_path_matches_mlflow(mlflow_server_uri):
     _check_same_as_mlflow(mlflow_server_uri)
 
