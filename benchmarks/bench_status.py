@@ -122,6 +122,7 @@ def main() -> None:
             "status_all": ["pbt", "status", parent, "--all"],
             "status_unknown_id": ["pbt", "status", "0123456789abcdef0123456789abcdef"],
             "sample_unknown_id": ["sample", "--run", "0123456789abcdef0123456789abcdef"],
+            "evaluate_unknown_id": ["evaluate", "0123456789abcdef0123456789abcdef"],
             "help": ["--help"],
         }
         timings: dict[str, dict] = {}

@@ -99,7 +99,7 @@ def test_server_fast_path_matches_mlflow(mlflow_server_uri):
 def test_unknown_ids_answer_at_once(tmp_path, tracking_uri):
     tracking.check_store(tracking_uri)
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
-    for args in (("pbt", "status", "BADID"), ("sample", "--run", "BADID")):
+    for args in (("pbt", "status", "BADID"), ("sample", "--run", "BADID"), ("evaluate", "BADID")):
         start = time.monotonic()
         proc = lfads(*args, cwd=tmp_path, env=env)
         assert proc.returncode != 0 and "BADID not found" in proc.stderr

@@ -95,11 +95,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """NLB metrics of a run's outputs (logged to it under eval/) or of one output file."""
     import json
 
-    from lfads_lightning.evaluation import evaluate
     from lfads_lightning.runs import tracking
 
     target = args.target
     as_file = target.endswith((".h5", ".hdf5")) or Path(target).exists()
+    if not as_file:  # an unknown run id is answered before the heavy imports
+        _check_run_exists(tracking.resolve_uri(args.tracking_uri), target)
+    from lfads_lightning.evaluation import evaluate
+
     fig_dir = Path(args.figures_dir) if args.figures_dir else None
     if as_file:
         result = evaluate.evaluate_output(target, args.psth_sd_ms)
