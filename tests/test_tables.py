@@ -67,3 +67,17 @@ def test_progress_in_a_log_writes_a_line_per_interval_and_one_at_the_end():
     with Progress("sampling", 4, stream=out, interval=0) as p:
         p.update(2)
     assert "2/4 (50%)" in out.getvalue().splitlines()[0]
+
+
+def test_print_results_table_or_json(capsys):
+    import json
+
+    from lfads_lightning.cli.common import print_results
+
+    print_results("done", METRICS, False, "/out/RUN", "sqlite:///m.db", "RUN", {"score with": "x"})
+    out = capsys.readouterr().out
+    assert out.startswith("done\nsplit") and out.rstrip().endswith("score with:  x")
+    print_results("done", METRICS, True, "/out/RUN", "sqlite:///m.db", "RUN")
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["run_id"] == "RUN" and payload["metrics"]["valid"]["rate_r2"] == 0.96
+    assert payload["all_metrics"]["train_seconds"] == 12.0 and payload["outputs"] == "/out/RUN"
