@@ -72,10 +72,22 @@ def main(argv: list[str]) -> int:
             nox_args += ["--", *rest]
     cmd = [str(NOX), "-f", str(ROOT / "noxfile.py"), *nox_args]
     log("running " + " ".join([f"{VENV.name}/bin/nox", *nox_args]))
-    try:
-        return subprocess.call(cmd, cwd=ROOT)
-    except KeyboardInterrupt:
-        return 130
+    return run_to_end(cmd)
+
+
+def run_to_end(cmd: list[str]) -> int:
+    """Run `cmd`; on Ctrl-C keep waiting for it. The child gets the same SIGINT (same process
+    group) and needs a moment to clean up and say so ("interrupted; run marked KILLED"): the
+    prompt must come back after that message, not before it."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    interrupted = False
+    while True:
+        try:
+            rc = proc.wait()
+            break
+        except KeyboardInterrupt:
+            interrupted = True  # a second Ctrl-C reaches the child too; keep waiting
+    return 130 if interrupted and rc == 0 else rc
 
 
 if __name__ == "__main__":

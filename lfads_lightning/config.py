@@ -102,7 +102,7 @@ class TrainConfig:
     # Epochs before early stopping may act; None waits for the KL and L2 ramps to finish.
     burn_in: int | None = None
     seed: int = 0
-    # Torch intra-op threads; 0 lets the launcher decide (all cores when it runs one job).
+    # Torch intra-op threads; 0 lets the launcher decide (locally: 1, see docs/usage.md).
     threads: int = 0
     accelerator: str = "auto"
     progress_bar: bool = True

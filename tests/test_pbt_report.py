@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +112,14 @@ def test_write_summary_csv(population: list[MemberRun], tmp_path: Path) -> None:
 
 
 def _table_rows(table: str) -> list[list[str]]:
-    return [line.split() for line in table.splitlines()[2:]]
+    """Cells are separated by two or more spaces (a lineage cell holds single spaces)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in table.splitlines()[2:]]
 
 
 def test_status_table_latest(population: list[MemberRun]) -> None:
     table = report.status_table(population)
     lines = table.splitlines()
-    assert lines[0].split()[:6] == ["member", "gen", "state", "fitness", "attempts", "copied"]
+    assert lines[0].split()[:6] == ["member", "gen", "state", "fitness", "attempts", "lineage"]
     assert lines[0].split()[-2:] == ["lr", "dropout_rate"]
     rows = _table_rows(table)
     assert [r[0] for r in rows] == ["0", "1", "2", "3"]
@@ -138,7 +140,20 @@ def test_status_table_all(population: list[MemberRun]) -> None:
     assert gen0["1"][3:5] == ["0.4", "2"]  # fitness, attempts (retried once)
     assert gen0["3"][2:4] == [FAILED, "-"]  # NaN fitness shows as '-'
     assert gen0["0"][5] == "-"  # no lineage in generation 0
-    assert [r[5] for r in rows[4:8]] == ["0", "1", "0", "1"]
+    # Lineage: members 0 and 1 continued from their own checkpoints, 2 and 3 copied.
+    assert [r[5] for r in rows[4:8]] == ["continued", "continued", "copied from 0", "copied from 1"]
+
+
+def test_generation_summary(population: list[MemberRun]) -> None:
+    gen1 = [m for m in population if m.generation == 1]
+    for m in gen1:
+        m.start_time = 1000.0
+    line = report.generation_summary(gen1, 1, max_generations=5, now=1060.0)
+    assert line.startswith("generation 1 done; best 0.3 (member 1), median 0.32")
+    assert "4/4 alive" in line and "copied into it: 2<-0, 3<-1" in line
+    assert "took 60 s" in line and "ETA <= 3.0 min (3 generation(s) left at most)" in line
+    gen0 = [m for m in population if m.generation == 0]
+    assert "copied into it" not in report.generation_summary(gen0, 0)
 
 
 def test_status_table_six_significant_digits_and_empty() -> None:

@@ -9,14 +9,100 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The one precedence, worded the same everywhere; commands without a config drop that part.
 TRACKING_URI_HELP = (
-    "MLflow tracking URI (default: the config's tracking.uri, else $MLFLOW_TRACKING_URI, "
-    "else sqlite:///./mlflow.db)"
+    "MLflow tracking URI. Used: --tracking-uri, else the config's tracking.uri, else "
+    "$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db"
+)
+TRACKING_URI_HELP_NO_CONFIG = (
+    "MLflow tracking URI. Used: --tracking-uri, else $MLFLOW_TRACKING_URI, "
+    "else sqlite:///./mlflow.db"
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples keep their line breaks; an option's help ends with its default
+    when it has a meaningful one (not None/False) and the text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and action.option_strings
+            and default is not None
+            and default is not False  # a store_true flag; 0 is a real default
+            and default != argparse.SUPPRESS
+            and not isinstance(default, list)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str | None,
+    description: str,
+    examples: list[str],
+    doc: str | None = None,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand with a description, 1-3 examples and a docs pointer in its --help."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    if doc:
+        epilog += f"\n\nsee {doc}"
+    if summary is not None:
+        kwargs["help"] = summary
+    return sub.add_parser(
+        name, description=description, epilog=epilog, formatter_class=HelpFormatter, **kwargs
+    )
+
+
+# Set by `lfads fit` for its worker: the command prints the results table, the worker one line.
+RESULTS_BY_CLI = "LFADS_RESULTS_BY_CLI"
+
+
+def print_results(
+    title: str,
+    metrics: dict[str, float],
+    as_json: bool,
+    outputs: str | None = None,
+    uri: str | None = None,
+    run_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The end of fit, pbt and search: the metrics table and where things are (stdout), or with
+    --json one JSON object on stdout (the logs stay on stderr)."""
+    import json
+
+    from lfads_lightning.evaluation.tables import metrics_json, results_report
+
+    if as_json:
+        payload = {
+            "run_id": run_id,
+            "metrics": metrics_json(metrics),
+            "all_metrics": dict(sorted(metrics.items())),
+            "outputs": outputs,
+            "tracking_uri": uri,
+            **(extra or {}),
+        }
+        print(json.dumps(payload, indent=2))
+    else:
+        shown = {k: str(v) for k, v in (extra or {}).items()}
+        print(results_report(title, metrics, outputs, uri, run_id, shown))
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final metrics as one JSON object on stdout instead of the table",
+    )
+
+
 def add_tracking_uri(parser: argparse.ArgumentParser, help_text: str = TRACKING_URI_HELP) -> None:
-    parser.add_argument("--tracking-uri", help=help_text)
+    parser.add_argument("--tracking-uri", metavar="URI", help=help_text)
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lfads_lightning.cli.common import add_command
 from lfads_lightning.errors import ConfigError
 
 
@@ -59,19 +60,54 @@ def cmd_data_nlb(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="make or convert data files")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", help="generate synthetic data with ground-truth rates")
-    synth.add_argument("kind", choices=("lorenz", "chaotic-rnn"))
+    data = add_command(
+        sub,
+        "data",
+        "make or convert data files",
+        "Make synthetic session files or convert Neural Latents Benchmark data into the\n"
+        "project's HDF5 format (see docs/data-format.md).",
+        [
+            "lfads data synth lorenz lorenz.h5 n_neurons=40",
+            "lfads data nlb ~/nlb/mc_maze_small mc_maze_small.h5",
+        ],
+        "docs/data-format.md",
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
+    synth = add_command(
+        data_sub,
+        "synth",
+        "generate synthetic data with ground-truth rates",
+        "Generate a synthetic dataset (spikes from known rates, so rate R2 can be scored).\n"
+        "Generator parameters follow as key=value.",
+        [
+            "lfads data synth lorenz lorenz.h5",
+            "lfads data synth chaotic-rnn rnn.h5 --seed 3 n_neurons=50 --overwrite",
+        ],
+        "docs/data-format.md",
+    )
+    synth.add_argument(
+        "kind", choices=("lorenz", "chaotic-rnn"), help="the dynamical system behind the rates"
+    )
     synth.add_argument("out", help="output HDF5 path")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument("--seed", type=int, default=0, help="random seed of the generator")
+    synth.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (else: error)"
+    )
     synth.add_argument(
         "params", nargs="*", metavar="key=value", help="generator parameters, e.g. n_neurons=40"
     )
     synth.set_defaults(func=cmd_data_synth)
-    nlb = data_sub.add_parser(
-        "nlb", help="convert NLB tensors (held-in/held-out/forward) to the project format"
+    nlb = add_command(
+        data_sub,
+        "nlb",
+        "convert NLB tensors (held-in/held-out/forward) to the project format",
+        "Convert Neural Latents Benchmark data: a directory of NLB tensors\n"
+        "(<name>_train.h5, <name>_val.h5) or an NWB file (needs pynwb: pip install -e .[nwb]).",
+        [
+            "lfads data nlb ~/nlb/mc_maze_small mc_maze_small.h5",
+            "lfads data nlb sub-Jenkins_ses-small.nwb mc_maze_small.h5 --align move_onset_time",
+        ],
+        "docs/data-format.md",
     )
     nlb.add_argument(
         "src", help="directory with <name>_train.h5 and <name>_val.h5, or an NLB .nwb file"
@@ -81,9 +117,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--valid-every",
         type=int,
         default=5,
+        metavar="N",
         help="every Nth train trial becomes a validation trial",
     )
-    nlb.add_argument("--overwrite", action="store_true")
+    nlb.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (else: error)"
+    )
     nlb.add_argument(
         "--align", default="move_onset_time", help="NWB: trials column of the alignment event"
     )

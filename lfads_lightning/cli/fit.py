@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from launchers.registry import LAUNCHER_NAMES
 from lfads_lightning.cli.common import (
+    RESULTS_BY_CLI,
+    add_command,
+    add_json,
     add_tracking_uri,
+    print_results,
     prepare_run,
     split_config_and_overrides,
 )
@@ -29,6 +34,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"lfads: run {run_id} (experiment '{cfg.tracking.experiment}', tracking {uri}) on launcher '{args.launcher}'",
         file=sys.stderr,
     )
+    os.environ[RESULTS_BY_CLI] = "1"  # the worker logs one line; the table is printed here
     try:
         spec = JobSpec(run_id, uri, threads=cfg.train.threads or None, labels={"kind": "fit"})
         handle = launcher.submit(spec)
@@ -49,9 +55,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
         return 1
     out_dir = Path(cfg.output.dir) / run_id
-    print(
-        f"lfads: done. outputs in {out_dir}; score with: lfads evaluate {run_id}; browse with: lfads ui --tracking-uri {uri}",
-        file=sys.stderr,
+    metrics = tracking.client(uri).get_run(run_id).data.metrics
+    extra = {"score with": f"lfads evaluate {run_id}"}
+    print_results(
+        f"lfads fit: run {run_id} finished", metrics, args.json, str(out_dir), uri, run_id, extra
     )
     return 0
 
@@ -69,13 +76,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    fit = sub.add_parser(
-        "fit", help="train one LFADS model, log it to MLflow, write posterior-sampled outputs"
+    fit = add_command(
+        sub,
+        "fit",
+        "train one LFADS model, log it to MLflow, write posterior-sampled outputs",
+        "Train one LFADS model on the data a config names, log the config, losses, checkpoints\n"
+        "and figures to one MLflow run, then posterior-sample the best checkpoint into\n"
+        "<output.dir>/<run_id>/lfads_output_<data>.h5. Ends with a table of co-bps, fp-bps,\n"
+        "vel R2, psth R2, rate R2 and bits/spike per split, and where the outputs are.\n"
+        "Every config key can be overridden as key=value after the config (values are YAML).",
+        [
+            "lfads fit configs/lorenz.yaml",
+            "lfads fit configs/lorenz.yaml train.max_epochs=50 model.gen_dim=64",
+            "lfads fit --launcher slurm --json configs/mc_maze_small.yaml > result.json",
+        ],
+        "docs/usage.md",
     )
     fit.add_argument(
         "--launcher", choices=LAUNCHER_NAMES, default="local", help="where the training job runs"
     )
     add_tracking_uri(fit)
+    add_json(fit)
     fit.add_argument(
         "items",
         nargs="*",
@@ -84,10 +105,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     fit.set_defaults(func=cmd_fit)
 
-    worker = sub.add_parser("worker", help="(internal) run the job of one MLflow run")
-    worker.add_argument("--run-id", required=True)
-    worker.add_argument("--tracking-uri", required=True)
+    worker = add_command(
+        sub,
+        "worker",
+        "(internal) run the job of one MLflow run",
+        "Run the job an MLflow run describes (a fit or a PBT member); launchers start this.",
+        ["lfads worker --run-id RUN --tracking-uri sqlite:///$PWD/mlflow.db"],
+        "docs/usage.md",
+    )
+    worker.add_argument("--run-id", required=True, help="the MLflow run whose job to run")
+    worker.add_argument("--tracking-uri", required=True, help="MLflow tracking URI of that run")
     worker.set_defaults(func=cmd_worker)
 
-    serve = sub.add_parser("serve", help="(internal) a warm worker: runs jobs read from stdin")
+    serve = add_command(
+        sub,
+        "serve",
+        "(internal) a warm worker: runs jobs read from stdin",
+        "A warm worker for the local launcher: reads `RUN_ID TRACKING_URI` lines from stdin,\n"
+        "runs each job and answers `done RUN_ID EXIT_CODE` on stdout.",
+        ['echo "RUN_ID sqlite:///$PWD/mlflow.db" | lfads serve'],
+        "docs/pbt.md",
+    )
     serve.set_defaults(func=cmd_serve)

@@ -13,12 +13,28 @@ from lfads_lightning.errors import LfadsError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lfads", description="Fit LFADS models of neural population dynamics."
+        prog="lfads",
+        description="Fit LFADS models of neural population dynamics, tracked in MLflow.\n"
+        "Every command has its own help with examples: lfads COMMAND --help.",
+        epilog="examples:\n"
+        "  lfads fit configs/lorenz.yaml\n"
+        "  lfads pbt configs/pbt_lorenz.yaml && lfads pbt status RUN\n"
+        "  lfads evaluate RUN\n\n"
+        "see README.md and docs/usage.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (fit, pbt, results, data, server):
         module.add_parsers(sub)
     return parser
+
+
+def _route(argv: list[str]) -> list[str]:
+    """`lfads pbt status ...` goes to its own parser (its own --help); `lfads pbt CONFIG` and
+    `lfads pbt --resume RUN` stay with the pbt parser."""
+    if argv[:2] == ["pbt", "status"]:
+        return [pbt.STATUS_COMMAND, *argv[2:]]
+    return argv
 
 
 def _attach_extra(
@@ -38,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow draws a progress bar per artifact download; PBT downloads many small files.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_route(sys.argv[1:] if argv is None else list(argv)))
     if extra:
         _attach_extra(parser, args, extra)
     try:
@@ -49,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lfads: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lfads pbt status RUN | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

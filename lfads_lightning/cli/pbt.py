@@ -7,13 +7,19 @@ from typing import Any
 
 from launchers.registry import LAUNCHER_NAMES
 from lfads_lightning.cli.common import (
+    TRACKING_URI_HELP_NO_CONFIG,
+    add_command,
+    add_json,
     add_tracking_uri,
     prepare_data,
     prepare_run,
+    print_results,
     resolve_paths,
     split_config_and_overrides,
 )
 from lfads_lightning.errors import ConfigError
+
+STATUS_COMMAND = "pbt-status"  # the parser `lfads pbt status` is routed to
 
 
 def cmd_pbt(args: argparse.Namespace) -> int:
@@ -26,14 +32,13 @@ def cmd_pbt(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lfads_lightning.pbt.experiment import status
+    from lfads_lightning.pbt.experiment import status_at
     from lfads_lightning.runs import tracking
 
     if len(args.items) != 2:
         raise ConfigError("usage: lfads pbt status PARENT_RUN_ID")
     uri = tracking.resolve_uri(args.tracking_uri)
-    tracking.check_store(uri)
-    print(status(tracking.client(uri), args.items[1], "all" if args.all else "latest"))
+    print(status_at(uri, args.items[1], "all" if args.all else "latest"))
     return 0
 
 
@@ -52,7 +57,7 @@ def _resume(args: argparse.Namespace) -> int:
     get_launcher(name, **sections.get(name, {})).close()
     prepare_data(base)
     n_trials = int(client.get_run(args.resume).data.params.get("search.n_trials", 0)) or None
-    run_pbt(
+    parent = run_pbt(
         base,
         pbt,
         uri,
@@ -62,6 +67,20 @@ def _resume(args: argparse.Namespace) -> int:
         n_trials=n_trials,
         launcher_options=sections,
     )
+    return _print_final(args, uri, parent, base)
+
+
+def _print_final(args: argparse.Namespace, uri: str, parent: str, base) -> int:
+    from pathlib import Path
+
+    from lfads_lightning.pbt.experiment import final_results
+    from lfads_lightning.runs import tracking
+
+    metrics, extra = final_results(tracking.client(uri), parent)
+    kind = "search" if getattr(args, "sampler", None) else "pbt"
+    title = f"lfads {kind}: run {parent} finished (best member's posterior metrics)"
+    outputs = str(Path(base.output.dir) / parent)
+    print_results(title, metrics, args.json, outputs, uri, parent, extra)
     return 0
 
 
@@ -78,7 +97,7 @@ def _start(args: argparse.Namespace) -> int:
         print(dry_run_yaml(launcher_name, sections, resolve_paths(base), pbt, args.tracking_uri))
         return 0
     base, uri = prepare_run(base, args.tracking_uri, launcher_name, sections.get(launcher_name))
-    run_pbt(
+    parent = run_pbt(
         base,
         pbt,
         uri,
@@ -87,7 +106,13 @@ def _start(args: argparse.Namespace) -> int:
         n_trials=getattr(args, "trials", None),
         launcher_options=sections,
     )
-    return 0
+    return _print_final(args, uri, parent, base)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`lfads pbt status RUN` (parsed by its own parser: `lfads pbt status --help`)."""
+    args.items = ["status", args.run_id]
+    return _status(args)
 
 
 def dry_run_yaml(
@@ -115,21 +140,34 @@ def dry_run_yaml(
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    pbt = sub.add_parser(
+    pbt = add_command(
+        sub,
         "pbt",
-        help="AutoLFADS: population-based training (also: lfads pbt status RUN)",
-        description="Population-based training of LFADS. Re-running the same command resumes an unfinished run.",
+        "AutoLFADS: population-based training (also: lfads pbt status RUN)",
+        "Population-based training of LFADS (AutoLFADS): a population of models trains in\n"
+        "generations; after each one the worst members copy the best ones' checkpoints and\n"
+        "perturbed hyperparameters. The population's state lives in MLflow, so re-running\n"
+        "the same command (or --resume RUN) continues an unfinished run. Prints one line per\n"
+        "event and one summary line per generation; ends with the best member's metrics table.\n"
+        "`lfads pbt status RUN` prints the population (see `lfads pbt status --help`).",
+        [
+            "lfads pbt configs/pbt_lorenz.yaml pbt.population=8",
+            "lfads pbt status RUN --all",
+            "lfads pbt --resume RUN",
+        ],
+        "docs/pbt.md",
     )
     pbt.add_argument(
         "--launcher",
         choices=LAUNCHER_NAMES,
         default=None,
-        help="where member jobs run (default local)",
+        help="where member jobs run (default: local; with --resume: the run's own launcher)",
     )
     pbt.add_argument(
         "--resume", metavar="PARENT_RUN_ID", help="continue a PBT run from its state in MLflow"
     )
     add_tracking_uri(pbt)
+    add_json(pbt)
     pbt.add_argument(
         "--all", action="store_true", help="with status: every generation, not only the latest"
     )
@@ -146,18 +184,63 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     pbt.set_defaults(func=cmd_pbt)
 
-    search = sub.add_parser(
-        "search",
-        help="Optuna search (random or TPE) over the PBT search space: the baseline to PBT",
-        description="Each trial trains for PBT's whole epoch budget; same launchers and MLflow layout as lfads pbt.",
+    # `lfads pbt status ...` is rewritten to this parser by cli.main (hidden from the list).
+    status = add_command(
+        sub,
+        STATUS_COMMAND,
+        None,
+        "The population of a PBT (or search) run now: one line per member of the latest\n"
+        "generation (--all: of every generation) with its state, fitness, attempts, lineage\n"
+        "('continued' from its own checkpoint, or 'copied from N') and hyperparameters.\n"
+        "Reads the tracking store directly for sqlite and http(s) URIs: about a second.",
+        ["lfads pbt status RUN", "lfads pbt status RUN --all --tracking-uri http://mlflow:5000"],
+        "docs/pbt.md",
+        prog="lfads pbt status",
     )
-    search.add_argument("--sampler", choices=("random", "tpe"), default="random")
+    status.add_argument(
+        "run_id", metavar="PARENT_RUN_ID", help="the PBT run id `lfads pbt` printed"
+    )
+    status.add_argument("--all", action="store_true", help="every generation, not only the latest")
+    add_tracking_uri(status, TRACKING_URI_HELP_NO_CONFIG)
+    status.set_defaults(func=cmd_status)
+
+    search = add_command(
+        sub,
+        "search",
+        "Optuna search (random or TPE) over the PBT search space: the baseline to PBT",
+        "Each trial trains one model for PBT's whole epoch budget with hyperparameters drawn\n"
+        "from the pbt: section's search space; same launchers and MLflow layout as lfads pbt\n"
+        "(its population shows with `lfads pbt status RUN`). Ends with the best trial's table.",
+        [
+            "lfads search --sampler random --trials 8 configs/pbt_lorenz.yaml",
+            "lfads search --sampler tpe --json configs/pbt_lorenz.yaml",
+            "lfads search --resume RUN",
+        ],
+        "docs/pbt.md",
+    )
+    search.add_argument(
+        "--sampler",
+        choices=("random", "tpe"),
+        default="random",
+        help="how trials' hyperparameters are drawn: uniformly at random, or Optuna's TPE",
+    )
     search.add_argument("--trials", type=int, help="number of trials (default: pbt.population)")
-    search.add_argument("--launcher", choices=LAUNCHER_NAMES, default=None)
+    search.add_argument(
+        "--launcher",
+        choices=LAUNCHER_NAMES,
+        default=None,
+        help="where trial jobs run (default: local; with --resume: the run's own launcher)",
+    )
     search.add_argument(
         "--resume", metavar="PARENT_RUN_ID", help="continue a search from its state in MLflow"
     )
     add_tracking_uri(search)
+    add_json(search)
     search.add_argument("--all", action="store_true", help=argparse.SUPPRESS)
-    search.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
+    search.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG.yaml | key=value",
+        help="a PBT config (its pbt: section is the search space), then overrides",
+    )
     search.set_defaults(func=cmd_pbt)

@@ -79,8 +79,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    ui = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
-    ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    ui.add_argument("--port", type=int, default=5000)
+    from lfads_lightning.cli.common import TRACKING_URI_HELP_NO_CONFIG, add_command
+
+    ui = add_command(
+        sub,
+        "ui",
+        "start the MLflow UI on the project's tracking store",
+        "Run the MLflow UI (`mlflow server`, one worker) on the tracking store in the\n"
+        "foreground, bound to loopback unless --host says otherwise; Ctrl-C stops it.",
+        ["lfads ui", "lfads ui --port 5001 --tracking-uri sqlite:///$PWD/mlflow.db"],
+        "docs/ui.md",
+    )
+    ui.add_argument("--tracking-uri", metavar="URI", help=TRACKING_URI_HELP_NO_CONFIG)
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="bind address (loopback: only this machine)"
+    )
+    ui.add_argument("--port", type=int, default=5000, help="port to serve the UI on")
     ui.set_defaults(func=cmd_ui)

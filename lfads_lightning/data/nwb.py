@@ -15,6 +15,7 @@ with an anti-aliasing filter). Needs pynwb (`pip install pynwb`, or the `nwb` ex
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,11 +72,13 @@ def bin_series(data: np.ndarray, stamps: np.ndarray, starts: np.ndarray, n_bins:
     return out
 
 
-def _read_nwb(src: Path, align: str) -> dict[str, object]:
+def _read_nwb(src: Path, align: str, progress: Any) -> dict[str, object]:
     """What the conversion needs from the file: trial splits and events, spike times ordered
     held-in first, condition ids and hand velocity if present."""
     with _open(src) as io:
         nwb = io.read()
+        progress.total = 1 + (len(nwb.units) if nwb.units is not None else 0) + 3 + 1
+        progress.update()
         trials, units = nwb.trials, nwb.units
         if trials is None or units is None:
             raise DataError(f"{src}: needs a trials and a units table (an NLB NWB file)")
@@ -83,7 +86,10 @@ def _read_nwb(src: Path, align: str) -> dict[str, object]:
             [s.decode() if isinstance(s, bytes) else str(s) for s in _column(trials, "split", src)]
         )
         event = _column(trials, align, src).astype(np.float64)
-        spikes = [np.asarray(units["spike_times"][u]) for u in range(len(units))]
+        spikes = []
+        for u in range(len(units)):
+            spikes.append(np.asarray(units["spike_times"][u]))
+            progress.update()
         heldout = (
             _column(units, "heldout", src).astype(bool)
             if "heldout" in units.colnames
@@ -137,7 +143,11 @@ def convert_nlb_nwb(
     n_fwd = int(round(forward_ms / bin_size_ms))
     if n_obs <= 0 or n_fwd < 0:
         raise DataError(f"window {start_ms}..{end_ms} ms (+{forward_ms} ms) holds no bins")
-    f = _read_nwb(src, align)
+    from lfads_lightning.progress import Progress
+
+    # Steps: reading the file, each unit's spike times, binning each split, writing.
+    progress = Progress(f"converting {src.name}", 1, "steps")
+    f = _read_nwb(src, align, progress)
     split, event, cond, vel, n_in = f["split"], f["event"], f["cond"], f["vel"], f["n_in"]
     starts = event + start_ms / 1000.0
     train_ids = np.flatnonzero(split == "train")
@@ -148,6 +158,7 @@ def convert_nlb_nwb(
     }
     splits: dict[str, dict[str, np.ndarray]] = {}
     for name, ids in groups.items():
+        progress.update()
         if len(ids) == 0:
             continue
         if np.isnan(event[ids]).any():
@@ -170,4 +181,7 @@ def convert_nlb_nwb(
         "description": f"NLB NWB {src.name}: {align} {start_ms:+g}..{end_ms:+g} ms, "
         f"{n_fwd} forward bins; test = NLB val trials; valid = every {valid_every}th train trial",
     }
-    return write_session(out_path, splits, attrs, overwrite=overwrite)
+    path = write_session(out_path, splits, attrs, overwrite=overwrite)
+    progress.update()
+    progress.close()
+    return path

@@ -167,15 +167,21 @@ def evaluate_run(
             f"MLflow run {run_id} not found in {client.tracking_uri}; check the run id and "
             f"MLFLOW_TRACKING_URI / --tracking-uri"
         ) from None
+    from lfads_lightning.progress import Progress
+
     results = []
     with tempfile.TemporaryDirectory(prefix="lfads-eval-") as tmp:
         paths = _run_outputs(client, run_id, tmp)
+        # Steps per output file: metrics, figures, logging to MLflow.
+        progress = Progress(f"evaluating run {run_id}", 3 * len(paths), "steps", interval=0)
         for i, path in enumerate(paths):
             result = evaluate_output(path, psth_sd_ms)
+            progress.update()
             result.path = Path(f"runs:/{run_id}/outputs/{path.name}")
             result.run_id = run_id
             if figures:
                 result.figures = make_figures(path, fig_dir, path.stem)
+            progress.update()
             if log:
                 prefix = _prefix(len(paths), i)
                 tracking.log_metrics(
@@ -183,7 +189,9 @@ def evaluate_run(
                 )
                 for fig in result.figures:
                     client.log_artifact(run_id, str(fig), FIGURE_DIR)
+            progress.update()
             results.append(result)
+        progress.close()
     if log:
         client.set_tag(run_id, tracking.TAG_PREFIX + "evaluated", "true")
     return results

@@ -381,6 +381,9 @@ class Controller:
                 {"pbt/best_fitness": min(fitness), "pbt/median_fitness": float(np.median(fitness))}
             )
         tracking.log_metrics(self.client, self.parent, values, step=generation)
+        from lfads_lightning.pbt.report import generation_summary
+
+        self._log(generation_summary(list(latest.values()), generation, self.pbt.max_generations))
 
 
 def _fmt(value: float | None) -> str:

@@ -16,11 +16,13 @@ import yaml
 from lfads_lightning.config import LfadsConfig, config_from_dict, dump_yaml, flatten, from_dict
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig, validate_pbt
-from lfads_lightning.pbt.controller import PBT_ARTIFACT, Controller, write_pbt_artifacts
 from lfads_lightning.runs import tracking
 from lfads_lightning.runs.schema import load_members
 
+# The controller (numpy, the PBT rules) is imported where it is used: `lfads pbt status`
+# imports this module and must stay fast.
 LAUNCHER_ARTIFACT = "launcher.yaml"  # the config's launcher sections ({name: options})
+PBT_ARTIFACT = "pbt.yaml"  # = controller.PBT_ARTIFACT
 
 
 def config_hash(base: LfadsConfig, pbt: PbtConfig) -> str:
@@ -71,6 +73,8 @@ def create_parent(
         },
         extra_params=params,
     )
+    from lfads_lightning.pbt.controller import write_pbt_artifacts
+
     client = tracking.client(uri)
     write_pbt_artifacts(client, run_id, base, pbt)
     # A resumed run must reach the same cluster with the same job settings.
@@ -128,6 +132,7 @@ def run_pbt(
     launcher_options: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """Run (or resume) PBT, or with `search` an Optuna search, to the end; returns the parent id."""
+    from lfads_lightning.pbt.controller import Controller
     from lfads_lightning.pbt.finish import finish
 
     client = tracking.client(uri)
@@ -140,6 +145,10 @@ def run_pbt(
     launcher = _make_launcher(launcher_name, launcher_options)
     concurrency = pbt.concurrency or launcher.default_concurrency(pbt.population)
     threads = base.train.threads or launcher.default_threads(concurrency)
+    if launcher_name == "local" and not base.train.threads:
+        from lfads_lightning.worker.setup import DEFAULT_THREADS
+
+        threads = DEFAULT_THREADS  # more threads per member collapse on a busy machine
     args = (uri, parent, base, pbt, launcher, poll_interval, threads, concurrency)
     if search:
         from lfads_lightning.pbt.search import SearchController
@@ -206,18 +215,75 @@ def _make_launcher(name: str, launcher_options: dict[str, dict[str, Any]] | None
     return get_launcher(name, **options)
 
 
-def status(client: Any, parent: str, generations: str = "latest") -> str:
+def _not_found(parent: str, uri: str) -> LfadsError:
+    return LfadsError(
+        f"PBT run {parent} not found in {uri}; check the id (the parent run id printed by "
+        f"`lfads pbt`) and --tracking-uri / MLFLOW_TRACKING_URI"
+    )
+
+
+def _status_text(run: Any, members: list[Any], generations: str) -> str:
+    """The status header and table from the parent run's params (pbt.population, pbt.space)
+    and its members: no artifact download, no config validation."""
     from lfads_lightning.pbt import report
 
-    base, pbt, *_ = load_parent(client, parent)
-    run = client.get_run(parent)
-    members = load_members(client, parent)
+    params, tags = run.data.params, run.data.tags
+    if tags.get("lfads.kind") not in ("pbt", "search"):
+        raise LfadsError(
+            f"run {run.info.run_id} is not a PBT parent run (lfads.kind={tags.get('lfads.kind')})"
+        )
+    try:
+        space_keys = [hp["key"] for hp in json.loads(params.get("pbt.space", "[]"))]
+    except (ValueError, TypeError, KeyError):
+        space_keys = None
+    population = params.get("pbt.population", "?")
     head = (
-        f"PBT run {parent}: state {run.data.tags.get('lfads.state', '?')} ({run.info.status}), "
-        f"{pbt.population} members, {len({m.generation for m in members})} generation(s) started"
+        f"PBT run {run.info.run_id}: state {tags.get('lfads.state', '?')} ({run.info.status}), "
+        f"{population} members, {len({m.generation for m in members})} generation(s) started"
     )
-    return (
-        head
-        + "\n"
-        + report.status_table(members, [hp.key for hp in pbt.space], generations=generations)
-    )
+    return head + "\n" + report.status_table(members, space_keys, generations=generations)
+
+
+def final_results(client: Any, parent: str) -> tuple[dict[str, float], dict[str, str]]:
+    """The finished parent's metrics and what the results table lists next to them."""
+    run = client.get_run(parent)
+    tags = run.data.tags
+    extra = {
+        "best member": f"{tags.get('lfads.best_member', '?')} (run {tags.get('lfads.best_run', '?')})",
+        "status": f"lfads pbt status {parent} --all",
+    }
+    return run.data.metrics, extra
+
+
+def status(client: Any, parent: str, generations: str = "latest") -> str:
+    """`lfads pbt status` through an MlflowClient (any store): one get_run, one search."""
+    try:
+        run = client.get_run(parent)
+    except Exception:  # noqa: BLE001
+        raise _not_found(parent, client.tracking_uri) from None
+    return _status_text(run, load_members(client, parent), generations)
+
+
+def status_at(uri: str, parent: str, generations: str = "latest") -> str:
+    """`lfads pbt status`: read sqlite and http stores without MLflow (under a second for 400
+    member runs, see benchmarks/bench_status.py); other stores through MlflowClient."""
+    from lfads_lightning.runs import fastread
+    from lfads_lightning.runs.schema import P, member_from_run
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise LfadsError(
+            f"PBT run {parent} not found: there is no tracking database at "
+            f"{uri[len('sqlite:///') :]}; pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
+    if fastread.supported(uri):
+        try:
+            run = fastread.get_run(uri, parent)
+            if run is None:
+                raise _not_found(parent, uri)
+            children = fastread.child_runs(uri, run)
+            members = [member_from_run(r) for r in children if P + "member" in r.data.tags]
+            return _status_text(run, members, generations)
+        except fastread.FastReadUnavailable:
+            pass
+    tracking.check_store(uri)
+    return status(tracking.client(uri), parent, generations)

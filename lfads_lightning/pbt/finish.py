@@ -39,18 +39,18 @@ def finish(
             file=sys.stderr,
         )
         _run_final_job(client, parent, launcher, spec)
-    metrics = dict(client.get_run(parent).data.metrics)
     summary = {
         "pbt/best_fitness_final": float(best.fitness),
         "pbt/generations": float(max(m.generation for m in members) + 1),
     }
     tracking.log_metrics(client, parent, summary)
+    print("lfads pbt: writing the report (figures, summary.csv)", file=sys.stderr, flush=True)
     _write_report(client, parent, members, pbt, run_dir)
     client.set_tag(parent, tracking.TAG_PREFIX + "state", "finished")
     client.set_terminated(parent, status="FINISHED")
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("posterior/")}
     print(
-        f"lfads pbt: finished {parent}: best member {best.member}, fitness {best.fitness:.6g}, {shown}",
+        f"lfads pbt: finished {parent}: best member {best.member} (run {best_run}), "
+        f"fitness {best.fitness:.6g}; report in {run_dir / 'report'}",
         file=sys.stderr,
     )
 

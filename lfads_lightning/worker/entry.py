@@ -43,8 +43,7 @@ def run_worker(run_id: str, uri: str) -> int:
 
         summary = fit_run(cfg, run_id, uri)
         client.set_terminated(run_id, status="FINISHED")
-        shown = {k: round(v, 4) for k, v in summary.items() if k.startswith("posterior/")}
-        print(f"lfads: run {run_id} finished: {shown}", file=sys.stderr)
+        _print_finished(run_id, uri, summary, cfg.output.dir)
         return 0
     except preemption.Preempted as err:
         preemption.ignore_further()
@@ -77,3 +76,17 @@ def _final_sampling(client: Any, parent: str) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def _print_finished(run_id: str, uri: str, summary: dict[str, float], out_dir: str) -> None:
+    """The metrics table in the job's log; one line when `lfads fit` prints the table itself."""
+    import os
+    from pathlib import Path
+
+    from lfads_lightning.evaluation.tables import results_report
+
+    if os.environ.get("LFADS_RESULTS_BY_CLI"):
+        print(f"lfads: run {run_id} finished", file=sys.stderr)
+        return
+    title = f"lfads: run {run_id} finished"
+    print(results_report(title, summary, str(Path(out_dir) / run_id), uri), file=sys.stderr)

@@ -23,7 +23,7 @@ OUTPUT_KEYS = ("rates", "factors", "gen_states", "co_means", "ic_mean", "ic_std"
 
 @torch.no_grad()
 def sample_split(
-    module: LfadsModule, loader, n_samples: int, max_rows: int = 2000
+    module: LfadsModule, loader, n_samples: int, max_rows: int = 2000, progress=None
 ) -> dict[str, np.ndarray]:
     """Mean over `n_samples` posterior samples of every output, in trial order.
 
@@ -64,6 +64,8 @@ def sample_split(
                     v = v.reshape(k, b, *v.shape[1:]).sum(0)
                     sums[key] = v if key not in sums else sums[key] + v
                 done += k
+                if progress is not None:
+                    progress.update(k)
             for key in OUTPUT_KEYS:
                 chunks[key].append((sums[key] / n_samples).cpu().numpy())
     finally:
@@ -74,15 +76,25 @@ def sample_split(
 def sample_all(
     module: LfadsModule, datamodule: LfadsDataModule, n_samples: int, batch_size: int | None = None
 ) -> list[dict[str, dict[str, np.ndarray]]]:
-    """Per session, per split present in its file: the averaged posterior outputs."""
-    results = []
-    for s, session in enumerate(datamodule.sessions):
-        per_split = {}
-        for split in SPLITS:
-            if split in session.splits:
-                loader = datamodule.split_loader(split, s, batch_size)
-                per_split[split] = sample_split(module, loader, n_samples)
-        results.append(per_split)
+    """Per session, per split present in its file: the averaged posterior outputs.
+
+    Progress (samples x batches done, ETA) goes to stderr: redrawn on a terminal, a line every
+    few seconds in a log (`lfads_lightning.progress`)."""
+    from lfads_lightning.progress import Progress
+
+    loaders = [
+        (s, split, datamodule.split_loader(split, s, batch_size))
+        for s, session in enumerate(datamodule.sessions)
+        for split in SPLITS
+        if split in session.splits
+    ]
+    total = n_samples * sum(len(loader) for _, _, loader in loaders)
+    results: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in datamodule.sessions]
+    with Progress(
+        f"posterior sampling ({n_samples} samples per trial)", total, "sample-batches"
+    ) as progress:
+        for s, split, loader in loaders:
+            results[s][split] = sample_split(module, loader, n_samples, progress=progress)
     return results
 
 

@@ -24,8 +24,16 @@ def load_run_config(client: Any, run_id: str) -> LfadsConfig:
     return config_from_dict(raw)
 
 
+# Torch threads of a job when neither train.threads nor $LFADS_THREADS says: at the demo's and
+# NLB's model sizes a second thread gains little (<= 5%), and threads that compete for cores
+# with other jobs collapse throughput 10-30x (benchmarks/bench_threads.py, docs/usage.md).
+DEFAULT_THREADS = 1
+
+
 def set_threads(threads: int) -> int:
-    """Also quiets Lightning's start-up chatter (accelerator lines, tips) in worker logs."""
+    """`threads`, else $LFADS_THREADS, else DEFAULT_THREADS (never "every core").
+
+    Also quiets Lightning's start-up chatter (accelerator lines, tips) in worker logs."""
     import logging
     import warnings
 
@@ -35,7 +43,7 @@ def set_threads(threads: int) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    n = threads or int(os.environ.get("LFADS_THREADS", "0")) or (os.cpu_count() or 1)
+    n = threads or int(os.environ.get("LFADS_THREADS", "0")) or DEFAULT_THREADS
     torch.set_num_threads(n)
     return n
 
