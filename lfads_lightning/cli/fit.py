@@ -13,8 +13,8 @@ from lfads_lightning.cli.common import (
     add_command,
     add_json,
     add_tracking_uri,
-    print_results,
     prepare_run,
+    print_results,
     split_config_and_overrides,
 )
 

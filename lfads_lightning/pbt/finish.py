@@ -56,8 +56,20 @@ def finish(
 
 
 def _run_final_job(client: Any, parent: str, launcher: Any, spec: JobSpec) -> None:
+    import time
+
     handle = launcher.submit(spec)
-    state = launcher.wait(handle, poll_interval=1.0)
+    start = last = time.monotonic()
+    while not (state := launcher.poll(handle)).terminal:
+        if time.monotonic() - last >= 15.0:  # the job's own progress lines are in its log
+            last = time.monotonic()
+            where = f"; progress in {spec.log_dir}" if spec.log_dir else ""
+            print(
+                f"lfads pbt: posterior sampling running ({last - start:.0f} s{where})",
+                file=sys.stderr,
+                flush=True,
+            )
+        time.sleep(1.0)
     if state != JobState.SUCCEEDED or client.get_run(parent).data.tags.get(SAMPLED_TAG) != "1":
         where = f" (log: {spec.log_dir}/{parent}.log)" if spec.log_dir else ""
         raise LfadsError(
