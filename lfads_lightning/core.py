@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
 from .config import ModelConfig
 from .gru import BidirectionalClippedGRU, ClippedGRUCell
 from .priors import AutoregressivePrior, GaussianICPrior
@@ -152,6 +153,16 @@ class LFADS(nn.Module):
         ext_input: Tensor | None = None,
         sample_posteriors: bool = True,
     ) -> LfadsOutput:
+        if self.ext_input_dim > 0 and ext_input is None:
+            raise ValueError("this model was built with external inputs; pass ext_input")
+        if self.cfg.fast_path:
+            return self._forward_fast(encod_data, session, ext_input, sample_posteriors)
+        return self._forward_reference(encod_data, session, ext_input, sample_posteriors)
+
+    def _forward_reference(
+        self, encod_data: Tensor, session: int, ext_input: Tensor | None, sample_posteriors: bool
+    ) -> LfadsOutput:
+        """The equations as written: one autograd op at a time, bin by bin."""
         cfg = self.cfg
         batch = encod_data.shape[0]
         steps = self.recon_seq_len
@@ -191,8 +202,6 @@ class LFADS(nn.Module):
                 else None
             )
         if self.ext_input_dim > 0:
-            if ext_input is None:
-                raise ValueError("this model was built with external inputs; pass ext_input")
             w_ext = self.generator.weight_ih[self.co_dim :]
             ext_proj = (ext_input @ w_ext).unbind(1)
         w_co = self.generator.weight_ih[: self.co_dim]
@@ -234,6 +243,144 @@ class LFADS(nn.Module):
             co_means=torch.stack(co_means, 1) if co_means else empty,
             co_vars=torch.stack(co_vars, 1) if co_vars else empty,
             co_samples=torch.stack(co_samples, 1) if co_samples else empty,
+        )
+
+    # ------------------------------------------------------------------ fast path
+
+    def _dropout_mask(self, *shape: int, like: Tensor) -> Tensor | None:
+        """dropout(ones): the same random draw the reference makes on a tensor of this shape."""
+        if not self.dropout.training:
+            return None
+        return self.dropout(like.new_ones(shape))
+
+    def _encode_fast(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Both bidirectional encoders -> (final IC states [B, 2H], CI states [T, B, 2H'] or None).
+
+        Directions of the same size share one batched scan; backward directions read the
+        time-reversed input. Time-major throughout.
+        """
+        batch, steps, dim = x.shape
+        x_tm = x.transpose(0, 1)
+        x2 = torch.stack([x_tm, x_tm.flip(0)]).reshape(2, steps * batch, dim)
+        encoders = [self.ic_encoder] + ([self.ci_encoder] if self.use_controller else [])
+        groups = (
+            [encoders] if len({e.hidden_size for e in encoders}) == 1 else [[e] for e in encoders]
+        )
+        states: list[Tensor] = []
+        for group in groups:
+            cells = [c for e in group for c in (e.fwd, e.bwd)]
+            x_in = x2.repeat(len(group), 1, 1) if len(group) > 1 else x2
+            bias = torch.stack([c.bias for c in cells]).unsqueeze(1)
+            proj = torch.baddbmm(bias, x_in, torch.stack([c.weight_ih for c in cells]))
+            h0 = torch.cat([e.h0 for e in group]).unsqueeze(1).expand(-1, batch, -1)
+            out = fused.gru_scan(
+                proj.reshape(len(cells), steps, batch, -1),
+                h0,
+                torch.stack([c.weight_hh_gates for c in cells]),
+                torch.stack([c.weight_hh_cand for c in cells]),
+                self.cfg.cell_clip,
+            )
+            states.extend(out.unbind(0))
+        ic_h = torch.cat([states[0][-1], states[1][-1]], -1)
+        if not self.use_controller:
+            return ic_h, None
+        ci_f, ci_b, lag = states[2], states[3].flip(0), self.cfg.ci_lag
+        if lag > 0:
+            ci_f = F.pad(ci_f, (0, 0, 0, 0, lag, 0))[:steps]
+            ci_b = F.pad(ci_b, (0, 0, 0, 0, 0, lag))[lag:]
+        return ic_h, torch.cat([ci_f, ci_b], -1)
+
+    def _forward_fast(
+        self, encod_data: Tensor, session: int, ext_input: Tensor | None, sample_posteriors: bool
+    ) -> LfadsOutput:
+        """Same equations and the same random draws, in order, as `_forward_reference`."""
+        cfg = self.cfg
+        batch, steps = encod_data.shape[0], self.recon_seq_len
+        x = self.dropout(self.readins[session](encod_data))
+        ic_h, ci = self._encode_fast(x)
+        ic_mean, ic_logvar = self.ic_linear(self.dropout(ic_h)).chunk(2, -1)
+        if cfg.variational:
+            ic_var = torch.exp(ic_logvar) + cfg.ic_post_var_min
+            ic_sample = (
+                ic_mean + torch.sqrt(ic_var) * torch.randn_like(ic_mean)
+                if sample_posteriors
+                else ic_mean
+            )
+        else:
+            ic_var = torch.zeros_like(ic_mean)
+            ic_sample = ic_mean
+        gen_h0 = self.ic_to_g0(ic_sample)
+        factor_w = self.factors.normalized_weight()
+        fac0 = self.dropout(gen_h0) @ factor_w.T
+        gen = self.generator
+        gen_base = gen.bias.expand(steps, batch, -1)
+        if self.ext_input_dim > 0:
+            ext_proj = ext_input.transpose(0, 1) @ gen.weight_ih[self.co_dim :]
+            gen_base = gen_base + ext_proj
+        if not self.use_controller:
+            masks = [self._dropout_mask(batch, cfg.gen_dim, like=x) for _ in range(steps)]
+            gen_states = fused.gru_scan(
+                gen_base.unsqueeze(0),
+                gen_h0.unsqueeze(0),
+                gen.weight_hh_gates.unsqueeze(0),
+                gen.weight_hh_cand.unsqueeze(0),
+                cfg.cell_clip,
+            )[0]
+            dropped = gen_states if masks[0] is None else gen_states * torch.stack(masks)
+            factors = dropped @ factor_w.T
+            co_means = co_vars = co_samples = encod_data.new_zeros(steps, batch, 0)
+        else:
+            con = self.controller
+            ci = F.pad(ci, (0, 0, 0, 0, 0, steps - ci.shape[0]))
+            ci_mask = self._dropout_mask(batch, steps, ci.shape[-1], like=x)
+            if ci_mask is not None:
+                ci = ci * ci_mask.transpose(0, 1)
+            ci_dim = ci.shape[-1]
+            con_proj = torch.addmm(con.bias, ci.reshape(-1, ci_dim), con.weight_ih[:ci_dim])
+            noise = (
+                torch.randn(steps, batch, self.co_dim, device=x.device)
+                if sample_posteriors
+                else None
+            )
+            mask_fac, mask_gen = [], []
+            for _ in range(steps):
+                mask_fac.append(self._dropout_mask(batch, cfg.fac_dim, like=x))
+                mask_gen.append(self._dropout_mask(batch, cfg.gen_dim, like=x))
+            weights = (
+                con.weight_ih[ci_dim:],
+                con.weight_hh_gates,
+                con.weight_hh_cand,
+                self.co_linear.weight.T,
+                self.co_linear.bias,
+                gen.weight_ih[: self.co_dim],
+                gen.weight_hh_gates,
+                gen.weight_hh_cand,
+                factor_w.T,
+            )
+            gen_states, factors, co_means, co_vars, co_samples = fused.decoder_scan(
+                con_proj.reshape(steps, batch, -1),
+                gen_base,
+                self.con_h0.expand(batch, -1),
+                gen_h0,
+                fac0,
+                weights,
+                noise.to(x.dtype) if noise is not None and cfg.variational else None,
+                None if mask_fac[0] is None else torch.stack(mask_fac),
+                None if mask_gen[0] is None else torch.stack(mask_gen),
+                cfg.cell_clip,
+                cfg.ic_post_var_min,
+            )
+        params = self.readouts[session](factors).transpose(0, 1)
+        return LfadsOutput(
+            params=params.reshape(batch, steps, -1, self.recon.n_params),
+            factors=factors.transpose(0, 1),
+            gen_states=gen_states.transpose(0, 1),
+            ic_mean=ic_mean,
+            ic_var=ic_var,
+            ic_sample=ic_sample,
+            co_means=co_means.transpose(0, 1),
+            co_vars=co_vars.transpose(0, 1),
+            co_samples=co_samples.transpose(0, 1),
         )
 
     def kl_terms(self, out: LfadsOutput) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,300 @@
+"""Fused sequence kernels for the LFADS fast path: autograd Functions with hand-written backward.
+
+Two kernels, both exact re-statements of the reference equations in `gru.py` / `core.py`:
+
+- `gru_scan`: G independent clipped GRUs of the same size over pre-projected inputs (the
+  encoders: forward and backward directions, time-reversed inputs for the latter), batched with
+  `bmm` so one Python loop serves every direction.
+- `decoder_scan`: the controller + inferred-input + generator + factor loop.
+
+Forward runs without autograd and stores, per bin, the gates, the candidate, r * h and the
+pre-clip state. Backward walks dh back through time with a few ops per bin and then forms every
+weight gradient as ONE matmul over all bins and trials. GRU step (TensorFlow style), per bin:
+
+    r, u = sigmoid(x_g + h W_g),  c = tanh(x_c + (r * h) W_c),
+    n = u * h + (1 - u) * c,      h' = clip(n, -k, k)
+
+Backward of one step, given dh' (the gradient w.r.t. the clipped state h'):
+
+    dn   = dh' * [ -k <= n <= k ]            (clamp passes the boundary, like torch.clamp)
+    dx_c = dn * (1 - u) * (1 - c^2)          (gradient of the candidate pre-activation)
+    dx_u = dn * (h - c) * u * (1 - u)
+    d(rh) = dx_c W_c^T,   dx_r = d(rh) * h * r * (1 - r)
+    dh   = dn * u + d(rh) * r + [dx_r, dx_u] W_g^T
+    dW_g = sum_t h_{t-1}^T [dx_r, dx_u]_t,   dW_c = sum_t (r * h)_{t-1}^T dx_c,t
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+
+class _GruTape:
+    """Per-bin buffers of one (possibly G-batched) clipped-GRU recurrence.
+
+    Buffers are laid out [*lead, T, B, ...] (lead = (G,) for batched encoders, () otherwise), so
+    that [*lead, T * B, ...] is a free reshape for the all-bins weight-gradient matmuls.
+    """
+
+    def __init__(self, h0: Tensor, steps: int) -> None:
+        lead, (batch, hid) = h0.shape[:-2], h0.shape[-2:]
+        self.tdim, self.hid, self.steps = len(lead), hid, steps
+        self.addmm = torch.baddbmm if lead else torch.addmm
+        self.mm = torch.bmm if lead else torch.mm
+
+        def new(n: int, width: int) -> Tensor:
+            return h0.new_empty(*lead, n, batch, width)
+
+        self.h, self.gate, self.cand = new(steps + 1, hid), new(steps, 2 * hid), new(steps, hid)
+        self.rh, self.pre = new(steps, hid), new(steps, hid)
+        self.h.select(self.tdim, 0).copy_(h0)
+        split = self.tdim
+        self.h_t, self.gate_t = self.h.unbind(split), self.gate.unbind(split)
+        self.r_t, self.u_t = self.gate[..., :hid].unbind(split), self.gate[..., hid:].unbind(split)
+        self.cand_t, self.rh_t, self.pre_t = (
+            self.cand.unbind(split),
+            self.rh.unbind(split),
+            self.pre.unbind(split),
+        )
+
+    def states(self) -> Tensor:
+        return self.h.narrow(self.tdim, 1, self.steps)
+
+    def step(self, t: int, x: Tensor, wg: Tensor, wc: Tensor, clip: float) -> Tensor:
+        """One forward bin from the projected input x [..., B, 3H]; returns the clipped state."""
+        n, h = self.hid, self.h_t[t]
+        torch.sigmoid(self.addmm(x[..., : 2 * n], h, wg), out=self.gate_t[t])
+        torch.mul(self.r_t[t], h, out=self.rh_t[t])
+        torch.tanh(self.addmm(x[..., 2 * n :], self.rh_t[t], wc), out=self.cand_t[t])
+        torch.lerp(self.cand_t[t], h, self.u_t[t], out=self.pre_t[t])
+        return torch.clamp(self.pre_t[t], -clip, clip, out=self.h_t[t + 1])
+
+    def prepare_backward(self, clip: float) -> None:
+        """Everything in the step backward that does not depend on dh, for all bins at once."""
+        n, split = self.hid, self.tdim
+        r, u, c = self.gate[..., :n], self.gate[..., n:], self.cand
+        h_prev = self.h.narrow(split, 0, self.steps)
+        self.pass_t = (self.pre.abs() <= clip).to(self.h.dtype).unbind(split)
+        self.k_cand_t = ((1.0 - u) * (1.0 - c * c)).unbind(split)
+        self.k_upd_t = ((h_prev - c) * u * (1.0 - u)).unbind(split)
+        self.k_reset_t = (h_prev * r * (1.0 - r)).unbind(split)
+        self.dx = self.gate.new_empty(*self.gate.shape[:-1], 3 * n)
+        self.dx_t = self.dx.unbind(split)
+
+    def step_back(self, t: int, dh: Tensor, extra: Tensor | None, wg: Tensor, wc: Tensor) -> Tensor:
+        """dh (w.r.t. h_t) -> dh w.r.t. h_{t-1} (plus `extra`); writes dx_t = d(x proj)_t."""
+        n, dx = self.hid, self.dx_t[t]
+        dn = dh * self.pass_t[t]
+        torch.mul(dn, self.k_cand_t[t], out=dx[..., 2 * n :])
+        torch.mul(dn, self.k_upd_t[t], out=dx[..., n : 2 * n])
+        drh = self.mm(dx[..., 2 * n :], wc.transpose(-1, -2))
+        torch.mul(drh, self.k_reset_t[t], out=dx[..., :n])
+        carry = dn * self.u_t[t] if extra is None else torch.addcmul(extra, dn, self.u_t[t])
+        carry.addcmul_(drh, self.r_t[t])
+        return self.addmm(carry, dx[..., : 2 * n], wg.transpose(-1, -2))
+
+    def weight_grads(self) -> tuple[Tensor, Tensor]:
+        """(dW_g, dW_c), each one matmul over all T * B rows."""
+        n, split = self.hid, self.tdim
+        lead = self.h.shape[:split]
+        rows = self.steps * self.h.shape[split + 1]
+        h_prev = self.h.narrow(split, 0, self.steps).reshape(*lead, rows, n)
+        dx = self.dx.reshape(*lead, rows, 3 * n)
+        rh = self.rh.reshape(*lead, rows, n)
+        return (
+            torch.matmul(h_prev.transpose(-1, -2), dx[..., : 2 * n]),
+            torch.matmul(rh.transpose(-1, -2), dx[..., 2 * n :]),
+        )
+
+
+class _GruScan(Function):
+    @staticmethod
+    def forward(ctx: Any, x_proj: Tensor, h0: Tensor, wg: Tensor, wc: Tensor, clip: float):
+        tape = _GruTape(h0, x_proj.shape[-3])
+        for t, x in enumerate(x_proj.unbind(-3)):
+            tape.step(t, x, wg, wc, clip)
+        ctx.tape, ctx.clip = tape, clip
+        ctx.save_for_backward(wg, wc)
+        return tape.states()
+
+    @staticmethod
+    def backward(ctx: Any, g_states: Tensor):
+        tape, (wg, wc) = ctx.tape, ctx.saved_tensors
+        tape.prepare_backward(ctx.clip)
+        g = g_states.unbind(-3)
+        dh = g[-1]
+        for t in reversed(range(tape.steps)):
+            dh = tape.step_back(t, dh, g[t - 1] if t > 0 else None, wg, wc)
+        dwg, dwc = tape.weight_grads()
+        del ctx.tape
+        return tape.dx, dh, dwg, dwc, None
+
+
+def gru_scan(x_proj: Tensor, h0: Tensor, wg: Tensor, wc: Tensor, clip: float) -> Tensor:
+    """Clipped-GRU states over projected inputs.
+
+    x_proj [G, T, B, 3H] (biases included), h0 [G, B, H], wg [G, H, 2H], wc [G, H, H]
+    -> states [G, T, B, H] (the state after each bin).
+    """
+    return _GruScan.apply(x_proj, h0, wg, wc, clip)
+
+
+class _DecoderScan(Function):
+    """Controller -> inferred input -> generator -> factors, unrolled over T bins (time-major).
+
+    Per bin t (a = dropped-out previous factors, m/lv = controller output mean / log-variance):
+        a_t = f_{t-1} * mf_t;   c_t = GRU_con(con_proj_t + a_t W_f, c_{t-1})
+        [m_t, lv_t] = c_t W_o + b_o;  v_t = exp(lv_t) + v_min;  u_t = m_t + sqrt(v_t) * eps_t
+        g_t = GRU_gen(gen_base_t + u_t W_u, g_{t-1});  f_t = (g_t * mg_t) W_fac
+    Backward, per bin from the last (G_* are the gradients arriving at the outputs):
+        df_t = G_f,t + (dx_con,t+1 W_f^T) * mf_t+1;   dg_t += G_g,t + (df_t W_fac^T) * mg_t
+        dx_gen,t = GRU backward;  du_t = G_u,t + dx_gen,t W_u^T
+        dm_t = G_m,t + du_t;  dlv_t = (G_v,t + du_t * eps_t / (2 sqrt(v_t))) * exp(lv_t)
+        dc_t += [dm_t, dlv_t] W_o^T;  dx_con,t = GRU backward
+    and the weight gradients are one matmul each over all bins (e.g. dW_f = A^T dX_con).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        con_proj,
+        gen_base,
+        con_h0,
+        gen_h0,
+        fac0,
+        w_fac,
+        con_wg,
+        con_wc,
+        co_wt,
+        co_b,
+        w_u,
+        gen_wg,
+        gen_wc,
+        fac_wt,
+        noise,
+        mask_fac,
+        mask_gen,
+        clip: float,
+        var_min: float,
+    ):
+        steps, batch = con_proj.shape[:2]
+        co, n_fac = co_b.shape[0] // 2, fac0.shape[-1]
+        con, gen = _GruTape(con_h0, steps), _GruTape(gen_h0, steps)
+        fac = fac0.new_empty(steps + 1, batch, n_fac)
+        fac[0] = fac0
+        a = fac0.new_empty(steps, batch, n_fac) if mask_fac is not None else fac[:steps]
+        gm = gen_h0.new_empty(steps, batch, gen.hid) if mask_gen is not None else gen.states()
+        out = co_b.new_empty(steps, batch, 2 * co)
+        var = co_b.new_empty(steps, batch, co)
+        std = torch.empty_like(var) if noise is not None else None
+        u = torch.empty_like(var) if noise is not None else out[..., :co]
+        for t in range(steps):
+            if mask_fac is not None:
+                torch.mul(fac[t], mask_fac[t], out=a[t])
+            h_con = con.step(t, torch.addmm(con_proj[t], a[t], w_fac), con_wg, con_wc, clip)
+            torch.addmm(co_b, h_con, co_wt, out=out[t])
+            torch.exp(out[t, :, co:], out=var[t]).add_(var_min)
+            if noise is not None:
+                torch.addcmul(out[t, :, :co], torch.sqrt(var[t], out=std[t]), noise[t], out=u[t])
+            h_gen = gen.step(t, torch.addmm(gen_base[t], u[t], w_u), gen_wg, gen_wc, clip)
+            if mask_gen is not None:
+                torch.mul(h_gen, mask_gen[t], out=gm[t])
+            torch.mm(gm[t], fac_wt, out=fac[t + 1])
+        ctx.tapes, ctx.clip = (con, gen), clip
+        ctx.save_for_backward(w_fac, con_wg, con_wc, co_wt, w_u, gen_wg, gen_wc, fac_wt)
+        ctx.buffers = (a, gm, out, std, u, noise, mask_fac, mask_gen)
+        return gen.states(), fac[1:], out[..., :co], var, u
+
+    @staticmethod
+    def backward(ctx: Any, g_gen, g_fac, g_mean, g_var, g_u):  # type: ignore[override]
+        con, gen = ctx.tapes
+        w_fac, con_wg, con_wc, co_wt, w_u, gen_wg, gen_wc, fac_wt = ctx.saved_tensors
+        a, gm, out, std, u, noise, mask_fac, mask_gen = ctx.buffers
+        co, steps = g_mean.shape[-1], g_mean.shape[0]
+        con.prepare_backward(ctx.clip)
+        gen.prepare_backward(ctx.clip)
+        dlv_factor = torch.exp(out[..., co:])  # d v / d lv
+        half_eps_over_std = 0.5 * noise / std if noise is not None else None
+        dfac = torch.empty_like(g_fac)
+        dout = torch.empty_like(out)
+        g_gen_t = g_gen.unbind(0)
+        d_gen = g_gen_t[-1]
+        d_con = con.h.new_zeros(con.h.shape[1:])
+        d_fac_carry = None
+        for t in reversed(range(steps)):
+            if d_fac_carry is None:
+                dfac[t] = g_fac[t]
+            else:
+                torch.add(g_fac[t], d_fac_carry, out=dfac[t])
+            d_gm = torch.mm(dfac[t], fac_wt.t())
+            d_gen = d_gen + d_gm * mask_gen[t] if mask_gen is not None else d_gen + d_gm
+            d_gen = gen.step_back(t, d_gen, g_gen_t[t - 1] if t > 0 else None, gen_wg, gen_wc)
+            du = torch.addmm(g_u[t], gen.dx_t[t], w_u.t())
+            torch.add(g_mean[t], du, out=dout[t, :, :co])
+            dv = (
+                g_var[t]
+                if half_eps_over_std is None
+                else torch.addcmul(g_var[t], du, half_eps_over_std[t])
+            )
+            torch.mul(dv, dlv_factor[t], out=dout[t, :, co:])
+            d_con = torch.addmm(d_con, dout[t], co_wt.t())
+            d_con = con.step_back(t, d_con, None, con_wg, con_wc)
+            d_fac_carry = torch.mm(con.dx_t[t], w_fac.t())
+            if mask_fac is not None:
+                d_fac_carry.mul_(mask_fac[t])
+        con_dwg, con_dwc = con.weight_grads()
+        gen_dwg, gen_dwc = gen.weight_grads()
+        dout_rows = dout.reshape(-1, dout.shape[-1])
+
+        def outer(left: Tensor, right: Tensor) -> Tensor:  # sum over all bins and trials
+            return left.reshape(-1, left.shape[-1]).t() @ right.reshape(-1, right.shape[-1])
+
+        del ctx.tapes, ctx.buffers
+        return (
+            con.dx,
+            gen.dx,
+            d_con,
+            d_gen,
+            d_fac_carry,
+            outer(a, con.dx),
+            con_dwg,
+            con_dwc,
+            outer(con.states(), dout),
+            dout_rows.sum(0),
+            outer(u, gen.dx),
+            gen_dwg,
+            gen_dwc,
+            outer(gm, dfac),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def decoder_scan(
+    con_proj: Tensor,
+    gen_base: Tensor,
+    con_h0: Tensor,
+    gen_h0: Tensor,
+    fac0: Tensor,
+    weights: tuple[Tensor, ...],
+    noise: Tensor | None,
+    mask_fac: Tensor | None,
+    mask_gen: Tensor | None,
+    clip: float,
+    var_min: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the controller/generator loop; all sequences time-major [T, B, ...].
+
+    weights = (W_f [F, 3C], con W_g, con W_c, W_o^T [C, 2 co], b_o, W_u [co, 3G], gen W_g,
+    gen W_c, W_fac^T [G, F]). Returns (gen states, factors, co means, co variances, co samples).
+    """
+    return _DecoderScan.apply(
+        con_proj, gen_base, con_h0, gen_h0, fac0, *weights, noise, mask_fac, mask_gen, clip, var_min
+    )
