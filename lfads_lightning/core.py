@@ -109,6 +109,8 @@ class LFADS(nn.Module):
         n_params = self.recon.n_params
         self.readouts = nn.ModuleList([nn.Linear(cfg.fac_dim, d * n_params) for d in recon_dims])
         self.ic_prior = GaussianICPrior(cfg.ic_dim, cfg.ic_prior_var)
+        # Fast path only: draw decoder dropout masks bin by bin, as the reference does.
+        self.stepwise_dropout = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -253,6 +255,30 @@ class LFADS(nn.Module):
             return None
         return self.dropout(like.new_ones(shape))
 
+    def _decoder_masks(
+        self, steps: int, batch: int, like: Tensor
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Dropout masks of the decoder loop [T, B, fac] (controller input) and [T, B, gen].
+
+        Drawn in one call each. With `stepwise_dropout` they are drawn bin by bin in the
+        reference path's order instead, so that both paths see the same masks under one seed
+        (slower: a random draw costs ~0.1 ms per call on CPU; the equality tests use it).
+        """
+        if not self.dropout.training:
+            return None, None
+        fac_dim, gen_dim = self.cfg.fac_dim, self.cfg.gen_dim
+        if not self.stepwise_dropout:
+            mask_fac = self._dropout_mask(steps, batch, fac_dim, like=like)
+            return (mask_fac if self.use_controller else None), self._dropout_mask(
+                steps, batch, gen_dim, like=like
+            )
+        fac, gen = [], []
+        for _ in range(steps):
+            if self.use_controller:
+                fac.append(self._dropout_mask(batch, fac_dim, like=like))
+            gen.append(self._dropout_mask(batch, gen_dim, like=like))
+        return (torch.stack(fac) if fac else None), torch.stack(gen)
+
     def _encode_fast(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Both bidirectional encoders -> (final IC states [B, 2H], CI states [T, B, 2H'] or None).
 
@@ -318,7 +344,7 @@ class LFADS(nn.Module):
             ext_proj = ext_input.transpose(0, 1) @ gen.weight_ih[self.co_dim :]
             gen_base = gen_base + ext_proj
         if not self.use_controller:
-            masks = [self._dropout_mask(batch, cfg.gen_dim, like=x) for _ in range(steps)]
+            _, mask_gen = self._decoder_masks(steps, batch, like=x)
             gen_states = fused.gru_scan(
                 gen_base.unsqueeze(0),
                 gen_h0.unsqueeze(0),
@@ -326,7 +352,7 @@ class LFADS(nn.Module):
                 gen.weight_hh_cand.unsqueeze(0),
                 cfg.cell_clip,
             )[0]
-            dropped = gen_states if masks[0] is None else gen_states * torch.stack(masks)
+            dropped = gen_states if mask_gen is None else gen_states * mask_gen
             factors = dropped @ factor_w.T
             co_means = co_vars = co_samples = encod_data.new_zeros(steps, batch, 0)
         else:
@@ -342,10 +368,7 @@ class LFADS(nn.Module):
                 if sample_posteriors
                 else None
             )
-            mask_fac, mask_gen = [], []
-            for _ in range(steps):
-                mask_fac.append(self._dropout_mask(batch, cfg.fac_dim, like=x))
-                mask_gen.append(self._dropout_mask(batch, cfg.gen_dim, like=x))
+            mask_fac, mask_gen = self._decoder_masks(steps, batch, like=x)
             weights = (
                 con.weight_ih[ci_dim:],
                 con.weight_hh_gates,
@@ -365,8 +388,8 @@ class LFADS(nn.Module):
                 fac0,
                 weights,
                 noise.to(x.dtype) if noise is not None and cfg.variational else None,
-                None if mask_fac[0] is None else torch.stack(mask_fac),
-                None if mask_gen[0] is None else torch.stack(mask_gen),
+                mask_fac,
+                mask_gen,
                 cfg.cell_clip,
                 cfg.ic_post_var_min,
             )

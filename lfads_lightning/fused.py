@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 
 class _GruTape:
@@ -74,26 +75,35 @@ class _GruTape:
         return torch.clamp(self.pre_t[t], -clip, clip, out=self.h_t[t + 1])
 
     def prepare_backward(self, clip: float) -> None:
-        """Everything in the step backward that does not depend on dh, for all bins at once."""
+        """Everything in the step backward that does not depend on dh, for all bins at once.
+
+        Overwrites the forward buffers in place (no large allocations): the clamp's pass mask
+        [-k <= n <= k] is folded into u (carry term) and into the two gate factors.
+        """
         n, split = self.hid, self.tdim
         r, u, c = self.gate[..., :n], self.gate[..., n:], self.cand
         h_prev = self.h.narrow(split, 0, self.steps)
-        self.pass_t = (self.pre.abs() <= clip).to(self.h.dtype).unbind(split)
-        self.k_cand_t = ((1.0 - u) * (1.0 - c * c)).unbind(split)
-        self.k_upd_t = ((h_prev - c) * u * (1.0 - u)).unbind(split)
-        self.k_reset_t = (h_prev * r * (1.0 - r)).unbind(split)
+        passed = self.pre.abs_().le_(clip)  # 1.0 where the clamp passes the gradient
+        one_minus_u = torch.rsub(u, 1.0)
+        k_upd = torch.sub(h_prev, c).mul_(u).mul_(one_minus_u).mul_(passed)
+        k_cand = c.mul_(c).neg_().add_(1.0).mul_(one_minus_u).mul_(passed)
+        k_reset = torch.rsub(r, 1.0).mul_(r).mul_(h_prev)
+        u.mul_(passed)
+        self.k_cand_t, self.k_upd_t = k_cand.unbind(split), k_upd.unbind(split)
+        self.k_reset_t = k_reset.unbind(split)
         self.dx = self.gate.new_empty(*self.gate.shape[:-1], 3 * n)
         self.dx_t = self.dx.unbind(split)
 
-    def step_back(self, t: int, dh: Tensor, extra: Tensor | None, wg: Tensor, wc: Tensor) -> Tensor:
+    def step_back(
+        self, t: int, dh: Tensor, extra: Tensor | None, wg: Tensor, wc: Tensor
+    ) -> Tensor:
         """dh (w.r.t. h_t) -> dh w.r.t. h_{t-1} (plus `extra`); writes dx_t = d(x proj)_t."""
         n, dx = self.hid, self.dx_t[t]
-        dn = dh * self.pass_t[t]
-        torch.mul(dn, self.k_cand_t[t], out=dx[..., 2 * n :])
-        torch.mul(dn, self.k_upd_t[t], out=dx[..., n : 2 * n])
+        torch.mul(dh, self.k_cand_t[t], out=dx[..., 2 * n :])
+        torch.mul(dh, self.k_upd_t[t], out=dx[..., n : 2 * n])
         drh = self.mm(dx[..., 2 * n :], wc.transpose(-1, -2))
         torch.mul(drh, self.k_reset_t[t], out=dx[..., :n])
-        carry = dn * self.u_t[t] if extra is None else torch.addcmul(extra, dn, self.u_t[t])
+        carry = dh * self.u_t[t] if extra is None else torch.addcmul(extra, dh, self.u_t[t])
         carry.addcmul_(drh, self.r_t[t])
         return self.addmm(carry, dx[..., : 2 * n], wg.transpose(-1, -2))
 
@@ -122,6 +132,7 @@ class _GruScan(Function):
         return tape.states()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_states: Tensor):
         tape, (wg, wc) = ctx.tape, ctx.saved_tensors
         tape.prepare_backward(ctx.clip)
@@ -210,6 +221,7 @@ class _DecoderScan(Function):
         return gen.states(), fac[1:], out[..., :co], var, u
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_gen, g_fac, g_mean, g_var, g_u):  # type: ignore[override]
         con, gen = ctx.tapes
         w_fac, con_wg, con_wc, co_wt, w_u, gen_wg, gen_wc, fac_wt = ctx.saved_tensors
