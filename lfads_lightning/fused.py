@@ -53,59 +53,67 @@ class _GruTape:
         self.h, self.gate, self.cand = new(steps + 1, hid), new(steps, 2 * hid), new(steps, hid)
         self.rh, self.pre = new(steps, hid), new(steps, hid)
         self.h.select(self.tdim, 0).copy_(h0)
-        split = self.tdim
-        self.h_t, self.gate_t = self.h.unbind(split), self.gate.unbind(split)
-        self.r_t, self.u_t = self.gate[..., :hid].unbind(split), self.gate[..., hid:].unbind(split)
+        self.h_t, self.gate_t = self._bins(self.h), self._bins(self.gate)
+        self.r_t, self.u_t = self._bins(self.gate[..., :hid]), self._bins(self.gate[..., hid:])
         self.cand_t, self.rh_t, self.pre_t = (
-            self.cand.unbind(split),
-            self.rh.unbind(split),
-            self.pre.unbind(split),
+            self._bins(self.cand),
+            self._bins(self.rh),
+            self._bins(self.pre),
         )
+
+    def _bins(self, buffer: Tensor) -> tuple[Tensor, ...]:
+        """Per-bin views, made once (indexing inside the loops costs an op per bin)."""
+        return buffer.unbind(self.tdim)
+
+    def split_input(self, x: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Per-bin (gate, candidate) views of a projected input [*lead, T, B, 3H]."""
+        n = self.hid
+        return self._bins(x[..., : 2 * n]), self._bins(x[..., 2 * n :])
 
     def states(self) -> Tensor:
         return self.h.narrow(self.tdim, 1, self.steps)
 
-    def step(self, t: int, x: Tensor, wg: Tensor, wc: Tensor, clip: float) -> Tensor:
-        """One forward bin from the projected input x [..., B, 3H]; returns the clipped state."""
-        n, h = self.hid, self.h_t[t]
-        torch.sigmoid(self.addmm(x[..., : 2 * n], h, wg), out=self.gate_t[t])
+    def step(self, t: int, xg: Tensor, xc: Tensor, wg: Tensor, wc: Tensor, clip: float) -> Tensor:
+        """One forward bin from the projected input (gate part, candidate part)."""
+        h = self.h_t[t]
+        torch.sigmoid(self.addmm(xg, h, wg), out=self.gate_t[t])
         torch.mul(self.r_t[t], h, out=self.rh_t[t])
-        torch.tanh(self.addmm(x[..., 2 * n :], self.rh_t[t], wc), out=self.cand_t[t])
+        torch.tanh(self.addmm(xc, self.rh_t[t], wc), out=self.cand_t[t])
         torch.lerp(self.cand_t[t], h, self.u_t[t], out=self.pre_t[t])
         return torch.clamp(self.pre_t[t], -clip, clip, out=self.h_t[t + 1])
 
-    def prepare_backward(self, clip: float) -> None:
+    def prepare_backward(self, clip: float, wg: Tensor, wc: Tensor) -> None:
         """Everything in the step backward that does not depend on dh, for all bins at once.
 
         Overwrites the forward buffers in place (no large allocations): the clamp's pass mask
         [-k <= n <= k] is folded into u (carry term) and into the two gate factors.
         """
-        n, split = self.hid, self.tdim
+        n = self.hid
         r, u, c = self.gate[..., :n], self.gate[..., n:], self.cand
-        h_prev = self.h.narrow(split, 0, self.steps)
+        h_prev = self.h.narrow(self.tdim, 0, self.steps)
         passed = self.pre.abs_().le_(clip)  # 1.0 where the clamp passes the gradient
         one_minus_u = torch.rsub(u, 1.0)
         k_upd = torch.sub(h_prev, c).mul_(u).mul_(one_minus_u).mul_(passed)
         k_cand = c.mul_(c).neg_().add_(1.0).mul_(one_minus_u).mul_(passed)
         k_reset = torch.rsub(r, 1.0).mul_(r).mul_(h_prev)
         u.mul_(passed)
-        self.k_cand_t, self.k_upd_t = k_cand.unbind(split), k_upd.unbind(split)
-        self.k_reset_t = k_reset.unbind(split)
+        self.k_cand_t, self.k_upd_t = self._bins(k_cand), self._bins(k_upd)
+        self.k_reset_t = self._bins(k_reset)
         self.dx = self.gate.new_empty(*self.gate.shape[:-1], 3 * n)
-        self.dx_t = self.dx.unbind(split)
+        self.dx_t = self._bins(self.dx)
+        self.dxg_t, self.dxc_t = self.split_input(self.dx)
+        self.dxr_t, self.dxu_t = self._bins(self.dx[..., :n]), self._bins(self.dx[..., n : 2 * n])
+        self.wg_t, self.wc_t = wg.transpose(-1, -2), wc.transpose(-1, -2)
 
-    def step_back(
-        self, t: int, dh: Tensor, extra: Tensor | None, wg: Tensor, wc: Tensor
-    ) -> Tensor:
+    def step_back(self, t: int, dh: Tensor, extra: Tensor | None) -> Tensor:
         """dh (w.r.t. h_t) -> dh w.r.t. h_{t-1} (plus `extra`); writes dx_t = d(x proj)_t."""
-        n, dx = self.hid, self.dx_t[t]
-        torch.mul(dh, self.k_cand_t[t], out=dx[..., 2 * n :])
-        torch.mul(dh, self.k_upd_t[t], out=dx[..., n : 2 * n])
-        drh = self.mm(dx[..., 2 * n :], wc.transpose(-1, -2))
-        torch.mul(drh, self.k_reset_t[t], out=dx[..., :n])
+        dxc = torch.mul(dh, self.k_cand_t[t], out=self.dxc_t[t])
+        torch.mul(dh, self.k_upd_t[t], out=self.dxu_t[t])
+        drh = self.mm(dxc, self.wc_t)
+        torch.mul(drh, self.k_reset_t[t], out=self.dxr_t[t])
         carry = dh * self.u_t[t] if extra is None else torch.addcmul(extra, dh, self.u_t[t])
         carry.addcmul_(drh, self.r_t[t])
-        return self.addmm(carry, dx[..., : 2 * n], wg.transpose(-1, -2))
+        return self.addmm(carry, self.dxg_t[t], self.wg_t)
 
     def weight_grads(self) -> tuple[Tensor, Tensor]:
         """(dW_g, dW_c), each one matmul over all T * B rows."""
@@ -125,8 +133,9 @@ class _GruScan(Function):
     @staticmethod
     def forward(ctx: Any, x_proj: Tensor, h0: Tensor, wg: Tensor, wc: Tensor, clip: float):
         tape = _GruTape(h0, x_proj.shape[-3])
-        for t, x in enumerate(x_proj.unbind(-3)):
-            tape.step(t, x, wg, wc, clip)
+        xg, xc = tape.split_input(x_proj)
+        for t in range(tape.steps):
+            tape.step(t, xg[t], xc[t], wg, wc, clip)
         ctx.tape, ctx.clip = tape, clip
         ctx.save_for_backward(wg, wc)
         return tape.states()
@@ -135,11 +144,11 @@ class _GruScan(Function):
     @once_differentiable
     def backward(ctx: Any, g_states: Tensor):
         tape, (wg, wc) = ctx.tape, ctx.saved_tensors
-        tape.prepare_backward(ctx.clip)
+        tape.prepare_backward(ctx.clip, wg, wc)
         g = g_states.unbind(-3)
         dh = g[-1]
         for t in reversed(range(tape.steps)):
-            dh = tape.step_back(t, dh, g[t - 1] if t > 0 else None, wg, wc)
+            dh = tape.step_back(t, dh, g[t - 1] if t > 0 else None)
         dwg, dwc = tape.weight_grads()
         del ctx.tape
         return tape.dx, dh, dwg, dwc, None
@@ -172,26 +181,26 @@ class _DecoderScan(Function):
     @staticmethod
     def forward(
         ctx: Any,
-        con_proj,
-        gen_base,
-        con_h0,
-        gen_h0,
-        fac0,
-        w_fac,
-        con_wg,
-        con_wc,
-        co_wt,
-        co_b,
-        w_u,
-        gen_wg,
-        gen_wc,
-        fac_wt,
-        noise,
-        mask_fac,
-        mask_gen,
+        con_proj: Tensor,
+        gen_base: Tensor,
+        con_h0: Tensor,
+        gen_h0: Tensor,
+        fac0: Tensor,
+        w_fac: Tensor,
+        con_wg: Tensor,
+        con_wc: Tensor,
+        co_wt: Tensor,
+        co_b: Tensor,
+        w_u: Tensor,
+        gen_wg: Tensor,
+        gen_wc: Tensor,
+        fac_wt: Tensor,
+        noise: Tensor | None,
+        mask_fac: Tensor | None,
+        mask_gen: Tensor | None,
         clip: float,
         var_min: float,
-    ):
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         steps, batch = con_proj.shape[:2]
         co, n_fac = co_b.shape[0] // 2, fac0.shape[-1]
         con, gen = _GruTape(con_h0, steps), _GruTape(gen_h0, steps)
@@ -203,18 +212,27 @@ class _DecoderScan(Function):
         var = co_b.new_empty(steps, batch, co)
         std = torch.empty_like(var) if noise is not None else None
         u = torch.empty_like(var) if noise is not None else out[..., :co]
+        fac_t, a_t, gm_t, out_t, var_t = (x.unbind(0) for x in (fac, a, gm, out, var))
+        mean_t, logvar_t, u_t = out[..., :co].unbind(0), out[..., co:].unbind(0), u.unbind(0)
+        noise_t, std_t = (noise.unbind(0), std.unbind(0)) if noise is not None else ((), ())
+        mf_t = mask_fac.unbind(0) if mask_fac is not None else ()
+        mg_t = mask_gen.unbind(0) if mask_gen is not None else ()
+        con_proj_t, gen_base_t = con_proj.unbind(0), gen_base.unbind(0)
+        hc, hg = 2 * con.hid, 2 * gen.hid
         for t in range(steps):
             if mask_fac is not None:
-                torch.mul(fac[t], mask_fac[t], out=a[t])
-            h_con = con.step(t, torch.addmm(con_proj[t], a[t], w_fac), con_wg, con_wc, clip)
-            torch.addmm(co_b, h_con, co_wt, out=out[t])
-            torch.exp(out[t, :, co:], out=var[t]).add_(var_min)
+                torch.mul(fac_t[t], mf_t[t], out=a_t[t])
+            x = torch.addmm(con_proj_t[t], a_t[t], w_fac)
+            h_con = con.step(t, x[:, :hc], x[:, hc:], con_wg, con_wc, clip)
+            torch.addmm(co_b, h_con, co_wt, out=out_t[t])
+            torch.exp(logvar_t[t], out=var_t[t]).add_(var_min)
             if noise is not None:
-                torch.addcmul(out[t, :, :co], torch.sqrt(var[t], out=std[t]), noise[t], out=u[t])
-            h_gen = gen.step(t, torch.addmm(gen_base[t], u[t], w_u), gen_wg, gen_wc, clip)
+                torch.addcmul(mean_t[t], torch.sqrt(var_t[t], out=std_t[t]), noise_t[t], out=u_t[t])
+            x = torch.addmm(gen_base_t[t], u_t[t], w_u)
+            h_gen = gen.step(t, x[:, :hg], x[:, hg:], gen_wg, gen_wc, clip)
             if mask_gen is not None:
-                torch.mul(h_gen, mask_gen[t], out=gm[t])
-            torch.mm(gm[t], fac_wt, out=fac[t + 1])
+                torch.mul(h_gen, mg_t[t], out=gm_t[t])
+            torch.mm(gm_t[t], fac_wt, out=fac_t[t + 1])
         ctx.tapes, ctx.clip = (con, gen), clip
         ctx.save_for_backward(w_fac, con_wg, con_wc, co_wt, w_u, gen_wg, gen_wc, fac_wt)
         ctx.buffers = (a, gm, out, std, u, noise, mask_fac, mask_gen)
@@ -222,71 +240,65 @@ class _DecoderScan(Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g_gen, g_fac, g_mean, g_var, g_u):  # type: ignore[override]
+    def backward(
+        ctx: Any, g_gen: Tensor, g_fac: Tensor, g_mean: Tensor, g_var: Tensor, g_u: Tensor
+    ) -> tuple[Tensor | None, ...]:
         con, gen = ctx.tapes
         w_fac, con_wg, con_wc, co_wt, w_u, gen_wg, gen_wc, fac_wt = ctx.saved_tensors
         a, gm, out, std, u, noise, mask_fac, mask_gen = ctx.buffers
         co, steps = g_mean.shape[-1], g_mean.shape[0]
-        con.prepare_backward(ctx.clip)
-        gen.prepare_backward(ctx.clip)
-        dlv_factor = torch.exp(out[..., co:])  # d v / d lv
-        half_eps_over_std = 0.5 * noise / std if noise is not None else None
-        dfac = torch.empty_like(g_fac)
-        dout = torch.empty_like(out)
-        g_gen_t = g_gen.unbind(0)
-        d_gen = g_gen_t[-1]
-        d_con = con.h.new_zeros(con.h.shape[1:])
-        d_fac_carry = None
+        con.prepare_backward(ctx.clip, con_wg, con_wc)
+        gen.prepare_backward(ctx.clip, gen_wg, gen_wc)
+        # dlv = (g_v + du * eps / (2 std)) * exp(lv) = g_v exp(lv) + du * [eps exp(lv) / (2 std)]
+        exp_lv = torch.exp(out[..., co:])
+        g_lv = g_var * exp_lv
+        du_to_lv = (0.5 * noise / std).mul_(exp_lv) if noise is not None else None
+        dfac, dout = torch.empty_like(g_fac), torch.empty_like(out)
+        dfac_t, dm_t, dlv_t = dfac.unbind(0), dout[..., :co].unbind(0), dout[..., co:].unbind(0)
+        g_gen_t, g_fac_t, g_mean_t, g_u_t, g_lv_t = (
+            x.unbind(0) for x in (g_gen, g_fac, g_mean, g_u, g_lv)
+        )
+        dout_t = dout.unbind(0)
+        du_to_lv_t = du_to_lv.unbind(0) if du_to_lv is not None else ()
+        mf_t = mask_fac.unbind(0) if mask_fac is not None else ()
+        mg_t = mask_gen.unbind(0) if mask_gen is not None else ()
+        fac_w, u_wt, co_w, fac_in_wt = fac_wt.t(), w_u.t(), co_wt.t(), w_fac.t()
+        d_gen, d_con, d_fac_carry = g_gen_t[-1], con.h.new_zeros(con.h.shape[1:]), None
         for t in reversed(range(steps)):
             if d_fac_carry is None:
-                dfac[t] = g_fac[t]
+                dfac_t[t].copy_(g_fac_t[t])
+            elif mask_fac is not None:
+                torch.addcmul(g_fac_t[t], d_fac_carry, mf_t[t + 1], out=dfac_t[t])
             else:
-                torch.add(g_fac[t], d_fac_carry, out=dfac[t])
-            d_gm = torch.mm(dfac[t], fac_wt.t())
-            d_gen = d_gen + d_gm * mask_gen[t] if mask_gen is not None else d_gen + d_gm
-            d_gen = gen.step_back(t, d_gen, g_gen_t[t - 1] if t > 0 else None, gen_wg, gen_wc)
-            du = torch.addmm(g_u[t], gen.dx_t[t], w_u.t())
-            torch.add(g_mean[t], du, out=dout[t, :, :co])
-            dv = (
-                g_var[t]
-                if half_eps_over_std is None
-                else torch.addcmul(g_var[t], du, half_eps_over_std[t])
-            )
-            torch.mul(dv, dlv_factor[t], out=dout[t, :, co:])
-            d_con = torch.addmm(d_con, dout[t], co_wt.t())
-            d_con = con.step_back(t, d_con, None, con_wg, con_wc)
-            d_fac_carry = torch.mm(con.dx_t[t], w_fac.t())
-            if mask_fac is not None:
-                d_fac_carry.mul_(mask_fac[t])
+                torch.add(g_fac_t[t], d_fac_carry, out=dfac_t[t])
+            d_gm = torch.mm(dfac_t[t], fac_w)
+            d_gen = d_gen.addcmul(d_gm, mg_t[t]) if mask_gen is not None else d_gen + d_gm
+            d_gen = gen.step_back(t, d_gen, g_gen_t[t - 1] if t > 0 else None)
+            du = torch.addmm(g_u_t[t], gen.dx_t[t], u_wt)
+            torch.add(g_mean_t[t], du, out=dm_t[t])
+            if du_to_lv is not None:
+                torch.addcmul(g_lv_t[t], du, du_to_lv_t[t], out=dlv_t[t])
+            else:
+                dlv_t[t].copy_(g_lv_t[t])
+            d_con = torch.addmm(d_con, dout_t[t], co_w)
+            d_con = con.step_back(t, d_con, None)
+            d_fac_carry = torch.mm(con.dx_t[t], fac_in_wt)
+        if mask_fac is not None:
+            d_fac_carry = d_fac_carry * mf_t[0]
         con_dwg, con_dwc = con.weight_grads()
         gen_dwg, gen_dwc = gen.weight_grads()
-        dout_rows = dout.reshape(-1, dout.shape[-1])
+        del ctx.tapes, ctx.buffers
 
         def outer(left: Tensor, right: Tensor) -> Tensor:  # sum over all bins and trials
             return left.reshape(-1, left.shape[-1]).t() @ right.reshape(-1, right.shape[-1])
 
-        del ctx.tapes, ctx.buffers
         return (
-            con.dx,
-            gen.dx,
-            d_con,
-            d_gen,
-            d_fac_carry,
-            outer(a, con.dx),
-            con_dwg,
-            con_dwc,
-            outer(con.states(), dout),
-            dout_rows.sum(0),
-            outer(u, gen.dx),
-            gen_dwg,
-            gen_dwc,
+            con.dx, gen.dx, d_con, d_gen, d_fac_carry,
+            outer(a, con.dx), con_dwg, con_dwc,
+            outer(con.states(), dout), dout.sum((0, 1)), outer(u, gen.dx), gen_dwg, gen_dwc,
             outer(gm, dfac),
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+            None, None, None, None, None,
+        )  # fmt: skip
 
 
 def decoder_scan(
