@@ -11,7 +11,8 @@ ratios measured within one run are the figures to compare across runs):
   controller loop, no clipping): what a cuDNN/oneDNN-style recurrence costs here.
 
 Peak memory per step: each of fast / reference runs in a fresh subprocess, which records its
-`ru_maxrss` after building the model and data and again after two training steps; the delta is
+resident set (/proc/self/statm) after building the model and data, and `ru_maxrss` after two
+training steps; the difference is
 the step's resident-memory high-water mark (PyTorch's CPU allocator returns to malloc, which
 `tracemalloc` does not see). The matmul floor: every GEMM the model needs per trial (forward,
 input gradients, weight gradients) is counted analytically and timed alone at its own shape
@@ -137,7 +138,9 @@ def time_setting(batch: int, threads: int, repeats: int) -> dict[str, dict[str, 
 def memory_worker(variant: str, batch: int) -> None:
     torch.set_num_threads(1)
     s = Stepper(variant, batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    with open("/proc/self/statm") as f:  # resident set now (the peak so far may be higher)
+        before = int(f.read().split()[1]) * page_kib
     for _ in range(2):
         s.step()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
