@@ -63,6 +63,9 @@ class ModelConfig:
     cd_rate: float = 0.3
     # Zero-inflated gamma: smallest non-zero value an event can take (data units).
     zig_min_value: float = 0.1
+    # Fused sequence kernels (lfads_lightning/model/fused.py) with hand-written backward; false runs
+    # the reference per-bin autograd implementation of the same equations.
+    fast_path: bool = True
 
 
 @dataclass
