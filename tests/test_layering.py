@@ -15,6 +15,7 @@ STAGES = (
     "errors",
     "config",
     "faults",
+    "progress",
     "data",
     "runs",
     "evaluation",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfads_lightning.pbt import report, rules
+from lfads_lightning.pbt import report, report_figures, rules
 from lfads_lightning.pbt.space import HyperParameter
 from lfads_lightning.runs.schema import EXPLOITED, FAILED, FINISHED, RUNNING, MemberRun
 
@@ -165,34 +165,34 @@ def test_status_table_six_significant_digits_and_empty() -> None:
 
 
 def _check_png(fig, path: Path) -> None:
-    assert report.save_figure(fig, path) == path
+    assert report_figures.save_figure(fig, path) == path
     content = path.read_bytes()
     assert len(content) > 1000 and content.startswith(PNG_MAGIC)
 
 
 def test_figures(population: list[MemberRun], tmp_path: Path) -> None:
-    fig = report.fitness_figure(population)
+    fig = report_figures.fitness_figure(population)
     assert len(fig.axes) == 1
     assert fig.axes[0].get_ylabel() == report.FITNESS_LABEL
     _check_png(fig, tmp_path / "fitness.png")
 
-    fig = report.hparam_evolution_figure(population, SPACE)
+    fig = report_figures.hparam_evolution_figure(population, SPACE)
     assert len(fig.axes) == len(SPACE) + 1  # one panel per hyperparameter + the colorbar
     assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_yscale() == "linear"
     _check_png(fig, tmp_path / "hparams.png")
 
 
 def test_figures_without_members(tmp_path: Path) -> None:
-    _check_png(report.fitness_figure([]), tmp_path / "f.png")
-    _check_png(report.hparam_evolution_figure([], SPACE), tmp_path / "h.png")
+    _check_png(report_figures.fitness_figure([]), tmp_path / "f.png")
+    _check_png(report_figures.hparam_evolution_figure([], SPACE), tmp_path / "h.png")
 
 
 def test_figures_when_every_member_failed(tmp_path: Path) -> None:
     runs = [_run(0, 0, None, 1e-3, 0.1, state=FAILED), _run(1, 0, math.nan, 2e-3, 0.2, FAILED)]
-    fig = report.fitness_figure(runs)
+    fig = report_figures.fitness_figure(runs)
     assert len(fig.axes) == 1
     _check_png(fig, tmp_path / "f.png")
-    fig = report.hparam_evolution_figure(runs, SPACE)
+    fig = report_figures.hparam_evolution_figure(runs, SPACE)
     assert len(fig.axes) == len(SPACE)  # no colorbar without any fitness to scale it
     _check_png(fig, tmp_path / "h.png")
 
@@ -323,10 +323,10 @@ def test_realistic_population_figures(tmp_path: Path) -> None:
     # Tournament replaces N/2 per generation; the failed member lost too but is not "exploited".
     lost = sum(m.state == EXPLOITED or (m.state == FAILED and m.generation < 5) for m in finals)
     assert lost == 4 * 5
-    fig = report.fitness_figure(runs)
+    fig = report_figures.fitness_figure(runs)
     assert len(fig.axes) == 1
     _check_png(fig, tmp_path / "fitness.png")
-    fig = report.hparam_evolution_figure(runs, space)
+    fig = report_figures.hparam_evolution_figure(runs, space)
     assert len(fig.axes) == len(space) + 1
     _check_png(fig, tmp_path / "hparams.png")
     table = report.status_table(runs, [hp.key for hp in space], generations="all")

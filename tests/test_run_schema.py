@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from lfads_lightning import faults
 from lfads_lightning.config import LfadsConfig
 from lfads_lightning.pbt.config import with_hparams
-from lfads_lightning.runs import tracking
+from lfads_lightning.runs import schema, tracking
 from lfads_lightning.runs.schema import (
     IllegalTransition,
     MemberTags,
@@ -81,7 +81,7 @@ def test_state_writes_follow_the_edges(store):
     assert record_fitness(client, run_id, 0.5, step=1)
     set_state(client, run_id, State.FINISHED)
     mark_submitted(client, run_id)  # a late submit bookkeeping write does not move it back
-    tracking.mark_failed(uri, run_id, "too late")  # a finished run never becomes failed
+    schema.mark_failed(uri, run_id, "too late")  # a finished run never becomes failed
     assert client.get_run(run_id).data.tags["lfads.state"] == "finished"
     with pytest.raises(IllegalTransition):
         set_state(client, run_id, State.RUNNING)

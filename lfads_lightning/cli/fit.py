@@ -22,7 +22,7 @@ from lfads_lightning.cli.common import (
 def cmd_fit(args: argparse.Namespace) -> int:
     from launchers import JobSpec, JobState, get_launcher
     from lfads_lightning.config import load_config, load_launcher_sections
-    from lfads_lightning.runs import tracking
+    from lfads_lightning.runs import schema, tracking
 
     config_path, overrides = split_config_and_overrides(args.items)
     options = load_launcher_sections(config_path, overrides).get(args.launcher, {})
@@ -39,17 +39,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         spec = JobSpec(run_id, uri, threads=cfg.train.threads or None, labels={"kind": "fit"})
         handle = launcher.submit(spec)
     except Exception as err:  # never leave the run RUNNING for a job that does not exist
-        tracking.mark_failed(uri, run_id, f"job submission failed: {err}")
+        schema.mark_failed(uri, run_id, f"job submission failed: {err}")
         raise
     try:
         state = launcher.wait(handle)
     except KeyboardInterrupt:
         launcher.cancel(handle)
-        tracking.mark_failed(uri, run_id, "interrupted by the user", status="KILLED")
+        schema.mark_failed(uri, run_id, "interrupted by the user", status="KILLED")
         print("lfads: interrupted; the run is marked KILLED", file=sys.stderr)
         return 130
     if state != JobState.SUCCEEDED:
-        tracking.mark_failed(uri, run_id, f"worker job ended: {launcher.describe(handle)}")
+        schema.mark_failed(uri, run_id, f"worker job ended: {launcher.describe(handle)}")
         print(
             f"lfads: run {run_id} failed (job {state}); the run is marked FAILED", file=sys.stderr
         )

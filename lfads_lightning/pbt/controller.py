@@ -313,7 +313,7 @@ class Controller:
         """Close the failed attempt (state failed, via the schema); queue a retry if any remain."""
         if m.job.get("job_id"):
             self._cancel(m)
-        tracking.mark_failed(self.uri, m.run_id, reason)
+        schema.mark_failed(self.uri, m.run_id, reason)
         if m.attempt < self.pbt.retries:
             self._log(
                 f"generation {m.generation}: member {m.member} attempt {m.attempt} failed ({reason}); retrying"

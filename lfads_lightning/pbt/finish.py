@@ -82,14 +82,16 @@ def _write_report(
     client: Any, parent: str, members: list[Any], pbt: PbtConfig, run_dir: Path
 ) -> None:
     from lfads_lightning.evaluation.figures import save_figure
-    from lfads_lightning.pbt import report
+    from lfads_lightning.pbt import report, report_figures
 
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     paths = [
-        save_figure(report.fitness_figure(members), report_dir / "fitness_per_generation.png"),
         save_figure(
-            report.hparam_evolution_figure(members, pbt.space),
+            report_figures.fitness_figure(members), report_dir / "fitness_per_generation.png"
+        ),
+        save_figure(
+            report_figures.hparam_evolution_figure(members, pbt.space),
             report_dir / "hyperparameter_evolution.png",
         ),
         report.write_summary_csv(members, report_dir / "summary.csv"),

@@ -17,15 +17,12 @@ from typing import Any
 
 from lfads_lightning.runs.schema import FAILED, MemberRun, is_finite
 
-__all__ = [  # noqa: F822 (the figure functions are loaded lazily by __getattr__)
+__all__ = [
     "FITNESS_LABEL",
     "SUMMARY_COLUMNS",
     "final_attempts",
-    "fitness_figure",
     "generation_summary",
-    "hparam_evolution_figure",
     "lineage",
-    "save_figure",
     "status_table",
     "summary_rows",
     "write_summary_csv",
@@ -41,18 +38,6 @@ SUMMARY_COLUMNS = (
     "attempt",
     "run_id",
 )
-
-
-_FIGURES = ("fitness_figure", "hparam_evolution_figure", "save_figure")
-
-
-def __getattr__(name: str) -> Any:
-    """The figures load matplotlib, which `lfads pbt status` must not pay for: imported on use."""
-    if name in _FIGURES:
-        from lfads_lightning.pbt import report_figures
-
-        return getattr(report_figures, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _failed(m: MemberRun) -> bool:

@@ -284,6 +284,25 @@ def mark_submitted(client: Any, run_id: str) -> None:
         client.set_tag(run_id, P + "state", str(RUNNING))
 
 
+def mark_failed(uri: str, run_id: str, message: str, status: str = "FAILED") -> None:
+    """Best effort: a run whose job failed must not stay RUNNING.
+
+    The first error recorded wins: the worker's own message is more specific than what a
+    launcher or controller can say afterwards.
+    """
+    try:
+        c = tracking.client(uri)
+        run = c.get_run(run_id)
+        if P + "error" not in run.data.tags:
+            c.set_tag(run_id, P + "error", message[:4000])
+        if P + "state" in run.data.tags:
+            fail_state(c, run)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            c.set_terminated(run_id, status=status)
+    except Exception:  # noqa: BLE001 - nothing more can be done if the store is gone
+        pass
+
+
 def fail_state(client: Any, run: Any) -> None:
     """The state part of `tracking.mark_failed`: failed, unless the run is already final."""
     tags = run.data.tags

@@ -133,27 +133,6 @@ def log_metrics(
         mlflow_client.log_batch(run_id, metrics=items[i : i + 500])
 
 
-def mark_failed(uri: str, run_id: str, message: str, status: str = "FAILED") -> None:
-    """Best effort: a run whose job failed must not stay RUNNING.
-
-    The first error recorded wins: the worker's own message is more specific than what a
-    launcher or controller can say afterwards.
-    """
-    try:
-        c = client(uri)
-        run = c.get_run(run_id)
-        if TAG_PREFIX + "error" not in run.data.tags:
-            c.set_tag(run_id, TAG_PREFIX + "error", message[:4000])
-        if TAG_PREFIX + "state" in run.data.tags:
-            from lfads_lightning.runs.schema import fail_state  # the schema's allowed edges
-
-            fail_state(c, run)
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            c.set_terminated(run_id, status=status)
-    except Exception:  # noqa: BLE001 - nothing more can be done if the store is gone
-        pass
-
-
 def create_config_run(
     cfg: Any,
     uri: str,

@@ -9,7 +9,7 @@ import traceback
 from typing import Any
 
 from lfads_lightning.errors import LfadsError
-from lfads_lightning.runs import tracking
+from lfads_lightning.runs import schema, tracking
 from lfads_lightning.worker import preemption
 from lfads_lightning.worker.setup import load_run_config
 
@@ -51,15 +51,15 @@ def run_worker(run_id: str, uri: str) -> int:
         return preemption.REQUEUE_EXIT
     except LfadsError as err:
         print(f"error: {err}", file=sys.stderr)
-        tracking.mark_failed(uri, run_id, str(err))
+        schema.mark_failed(uri, run_id, str(err))
         return err.exit_code
     except KeyboardInterrupt:
-        tracking.mark_failed(uri, run_id, "interrupted", status="KILLED")
+        schema.mark_failed(uri, run_id, "interrupted", status="KILLED")
         print("lfads: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - report any crash on the run, then exit non-zero
         traceback.print_exc()
-        tracking.mark_failed(uri, run_id, f"{type(err).__name__}: {err}")
+        schema.mark_failed(uri, run_id, f"{type(err).__name__}: {err}")
         return 1
 
 
