@@ -59,20 +59,7 @@ def cmd_data_nlb(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    data = add_command(
-        sub,
-        "data",
-        "make or convert data files",
-        "Make synthetic session files or convert Neural Latents Benchmark data into the\n"
-        "project's HDF5 format (see docs/data-format.md).",
-        [
-            "lfads data synth lorenz lorenz.h5 n_neurons=40",
-            "lfads data nlb ~/nlb/mc_maze_small mc_maze_small.h5",
-        ],
-        "docs/data-format.md",
-    )
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
+def _add_synth(data_sub: argparse._SubParsersAction) -> None:
     synth = add_command(
         data_sub,
         "synth",
@@ -97,6 +84,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "params", nargs="*", metavar="key=value", help="generator parameters, e.g. n_neurons=40"
     )
     synth.set_defaults(func=cmd_data_synth)
+
+
+def _add_nlb(data_sub: argparse._SubParsersAction) -> None:
     nlb = add_command(
         data_sub,
         "nlb",
@@ -127,3 +117,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--align", default="move_onset_time", help="NWB: trials column of the alignment event"
     )
     nlb.set_defaults(func=cmd_data_nlb)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    data = add_command(
+        sub,
+        "data",
+        "make or convert data files",
+        "Make synthetic session files or convert Neural Latents Benchmark data into the\n"
+        "project's HDF5 format (see docs/data-format.md).",
+        [
+            "lfads data synth lorenz lorenz.h5 n_neurons=40",
+            "lfads data nlb ~/nlb/mc_maze_small mc_maze_small.h5",
+        ],
+        "docs/data-format.md",
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
+    _add_synth(data_sub)
+    _add_nlb(data_sub)

@@ -139,7 +139,7 @@ def dry_run_yaml(
     return yaml.safe_dump_all(docs, sort_keys=False).rstrip()
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def _add_pbt(sub: argparse._SubParsersAction) -> None:
     pbt = add_command(
         sub,
         "pbt",
@@ -184,6 +184,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     pbt.set_defaults(func=cmd_pbt)
 
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
     # `lfads pbt status ...` is rewritten to this parser by cli.main (hidden from the list).
     status = add_command(
         sub,
@@ -204,6 +206,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_tracking_uri(status, TRACKING_URI_HELP_NO_CONFIG)
     status.set_defaults(func=cmd_status)
 
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
     search = add_command(
         sub,
         "search",
@@ -244,3 +248,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="a PBT config (its pbt: section is the search space), then overrides",
     )
     search.set_defaults(func=cmd_pbt)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_pbt(sub)
+    _add_status(sub)
+    _add_search(sub)

@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     sample = add_command(
         sub,
         "sample",
@@ -186,6 +186,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_tracking_uri(sample, TRACKING_URI_HELP_NO_CONFIG)
     sample.set_defaults(func=cmd_sample)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = add_command(
         sub,
         "evaluate",
@@ -221,3 +223,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="Gaussian sd in ms for the true PSTHs (NLB uses 50)",
     )
     ev.set_defaults(func=cmd_evaluate)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_sample(sub)
+    _add_evaluate(sub)
