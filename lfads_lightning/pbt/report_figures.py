@@ -138,12 +138,8 @@ def hparam_evolution_figure(
     norm = Normalize(*(fitness.min(), fitness.max()) if fitness.size else (0.0, 1.0))
     if norm.vmin == norm.vmax:
         norm = Normalize(norm.vmin - 0.5, norm.vmax + 0.5)
-
     fig = _new_figure(8, 1.55 * len(space) + 1.0)
     axes = fig.subplots(len(space), 1, sharex=True, squeeze=False)[:, 0]
-    scored = [m for m in finals if _scored(m)]
-    unscored = [m for m in finals if not _scored(m)]
-    exploited = [m for m in finals if m.state == EXPLOITED]
     # Long runs have many points per panel: smaller markers keep the lineage readable.
     size = min(1.0, max(0.35, 10 / len({m.generation for m in finals})))
     lineage = [(p, m) for m in finals if (p := _parent(m, by_run, by_slot)) is not None]
@@ -151,66 +147,74 @@ def hparam_evolution_figure(
     def x_of(m: MemberRun) -> float:
         return m.generation + offsets.get(m.member, 0.0)
 
+    names = _short_names([h.key for h in space])
     for ax, hp in zip(axes, space, strict=True):
         if hp.sampling == "log_uniform":
             ax.set_yscale("log")
-        # Lineage as two collections (continuing vs copying another member): one artist each,
-        # not one per line, so populations of hundreds of runs still draw in well under a second.
-        for copied in (False, True):
-            segments = [
-                [(x_of(p), p.hparams[hp.key]), (x_of(m), m.hparams[hp.key])]
-                for p, m in lineage
-                if (p.member != m.member) == copied and hp.key in m.hparams and hp.key in p.hparams
-            ]
-            ax.add_collection(
-                LineCollection(
-                    segments,
-                    colors=_LINEAGE_COLOR,
-                    linewidths=0.8 if copied else 0.5,
-                    alpha=0.8 if copied else 0.5,
-                    zorder=1,
-                )
-            )
-
-        def xy(group: list[MemberRun], key: str = hp.key) -> tuple[list[float], list[float]]:
-            group = [m for m in group if key in m.hparams]
-            return [x_of(m) for m in group], [m.hparams[key] for m in group]
-
-        x, y = xy(exploited)
-        ax.scatter(
-            x,
-            y,
-            s=70 * size,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=1.2 * size**0.5,
-            zorder=2,
-        )
-        x, y = xy(scored)
-        colors = [m.fitness for m in scored if hp.key in m.hparams]
-        ax.scatter(
-            x,
-            y,
-            c=colors,
-            cmap=cmap,
-            norm=norm,
-            s=26 * size,
-            edgecolors="0.3",
-            linewidths=0.3,
-            zorder=3,
-        )
-        x, y = xy([m for m in unscored if _failed(m)])
-        ax.scatter(x, y, marker="x", s=30 * size, color=_NO_FITNESS_COLOR, zorder=3)
-        x, y = xy([m for m in unscored if not _failed(m)])
-        ax.scatter(x, y, s=26 * size, facecolors="none", edgecolors=_NO_FITNESS_COLOR, zorder=3)
+        _draw_lineage(ax, hp.key, lineage, x_of)
+        _draw_points(ax, hp.key, finals, x_of, (cmap, norm), size)
         if hp.sampling == "log_uniform":
             _tidy_log_labels(ax, [m.hparams[hp.key] for m in finals if hp.key in m.hparams])
-        ax.set_ylabel(_short_names([h.key for h in space])[hp.key], fontsize=9)
+        ax.set_ylabel(names[hp.key], fontsize=9)
         ax.grid(alpha=0.25)
         ax.tick_params(labelsize=8)
     _integer_generations(axes[-1], finals)
     axes[-1].set_xlabel("generation")
-    if scored:  # no colour scale at all rather than a made-up one
+    _decorate(fig, axes, any(_scored(m) for m in finals), cmap, norm)
+    return fig
+
+
+def _draw_lineage(ax: Any, key: str, lineage: list[tuple[MemberRun, MemberRun]], x_of: Any) -> None:
+    """Lineage as two collections (continuing vs copying another member): one artist each, not
+    one per line, so populations of hundreds of runs still draw in well under a second."""
+    for copied in (False, True):
+        segments = [
+            [(x_of(p), p.hparams[key]), (x_of(m), m.hparams[key])]
+            for p, m in lineage
+            if (p.member != m.member) == copied and key in m.hparams and key in p.hparams
+        ]
+        ax.add_collection(
+            LineCollection(
+                segments,
+                colors=_LINEAGE_COLOR,
+                linewidths=0.8 if copied else 0.5,
+                alpha=0.8 if copied else 0.5,
+                zorder=1,
+            )
+        )
+
+
+def _draw_points(
+    ax: Any, key: str, finals: list[MemberRun], x_of: Any, colour: tuple[Any, Any], size: float
+) -> None:
+    """Exploited members ringed, scored ones coloured by fitness, failed ones as crosses."""
+    cmap, norm = colour
+    scored = [m for m in finals if _scored(m)]
+    unscored = [m for m in finals if not _scored(m)]
+
+    def xy(group: list[MemberRun]) -> tuple[list[float], list[float]]:
+        group = [m for m in group if key in m.hparams]
+        return [x_of(m) for m in group], [m.hparams[key] for m in group]
+
+    x, y = xy([m for m in finals if m.state == EXPLOITED])
+    ax.scatter(
+        x, y, s=70 * size, facecolors="none", edgecolors="black",
+        linewidths=1.2 * size**0.5, zorder=2,
+    )  # fmt: skip
+    x, y = xy(scored)
+    colors = [m.fitness for m in scored if key in m.hparams]
+    ax.scatter(
+        x, y, c=colors, cmap=cmap, norm=norm, s=26 * size, edgecolors="0.3",
+        linewidths=0.3, zorder=3,
+    )  # fmt: skip
+    x, y = xy([m for m in unscored if _failed(m)])
+    ax.scatter(x, y, marker="x", s=30 * size, color=_NO_FITNESS_COLOR, zorder=3)
+    x, y = xy([m for m in unscored if not _failed(m)])
+    ax.scatter(x, y, s=26 * size, facecolors="none", edgecolors=_NO_FITNESS_COLOR, zorder=3)
+
+
+def _decorate(fig: Figure, axes: Any, any_scored: bool, cmap: Any, norm: Any) -> None:
+    if any_scored:  # no colour scale at all rather than a made-up one
         sm = ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(sm, ax=list(axes), label=f"fitness: {FITNESS_LABEL}", shrink=0.6, aspect=30)
     handles = [
@@ -220,7 +224,6 @@ def hparam_evolution_figure(
     ]
     axes[0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3)
     fig.suptitle("PBT hyperparameter evolution")
-    return fig
 
 
 def _tidy_log_labels(ax: Any, values: Sequence[float]) -> None:
