@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from launchers.registry import LAUNCHER_NAMES
-
 from lfads_lightning.cli.common import (
     add_tracking_uri,
     prepare_data,
@@ -32,7 +31,7 @@ def _status(args: argparse.Namespace) -> int:
     if len(args.items) != 2:
         raise ConfigError("usage: lfads pbt status PARENT_RUN_ID")
     uri = tracking.resolve_uri(args.tracking_uri)
-    tracking.check_store(uri)
+    tracking.check_store(uri, create=False)
     print(status(tracking.client(uri), args.items[1], "all" if args.all else "latest"))
     return 0
 
@@ -45,7 +44,7 @@ def _resume(args: argparse.Namespace) -> int:
     if args.items:
         raise ConfigError("--resume takes no config or overrides: the run's own config is used")
     uri = tracking.resolve_uri(args.tracking_uri)
-    tracking.check_store(uri)
+    tracking.check_store(uri, create=False)
     client = tracking.client(uri)
     base, pbt, launcher_name, search, sections = load_parent(client, args.resume)
     name = args.launcher or launcher_name
