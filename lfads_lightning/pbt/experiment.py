@@ -182,8 +182,8 @@ def run_pbt(
 
 def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) -> None:
     """Posterior-sample the best member onto the parent run and write the report."""
-    from lfads_lightning.model.module import LfadsModule
     from lfads_lightning.pbt import report
+    from lfads_lightning.worker.checkpoint import load_module
     from lfads_lightning.worker.fit import sample_and_log
     from lfads_lightning.worker.member import CHECKPOINT_ARTIFACT
     from lfads_lightning.worker.setup import datamodule_for, load_run_config, set_threads
@@ -195,7 +195,7 @@ def finish(client: Any, uri: str, parent: str, best_run: str, pbt: PbtConfig) ->
     run_dir = Path(cfg.output.dir) / parent
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = client.download_artifacts(best_run, CHECKPOINT_ARTIFACT, tmp)
-        module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
+        module = load_module(ckpt, map_location="cpu")
     dm = datamodule_for(cfg)
     print(
         f"lfads pbt: posterior-sampling the best member {best.member} (run {best_run})",

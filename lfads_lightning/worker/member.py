@@ -157,7 +157,7 @@ def train_member(cfg: LfadsConfig, run: Any, uri: str) -> float:
         )
         _ACTIVE.update(trainer=trainer, client=client, run_id=run_id, work=work)
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         finally:
             _ACTIVE.clear()
         if trainer.interrupted:
