@@ -4,7 +4,8 @@ happens, the run is never left RUNNING.
 
 Errors are one line on stderr and in the run's `lfads.error` tag; an unexpected crash's
 traceback goes to the run as the artifact `traceback.txt` (and to stderr with `lfads --debug`).
-SIGTERM closes the run KILLED, then the process dies of that signal as before.
+SIGTERM closes the run KILLED, then the process dies of that signal as before (unless another
+handler, e.g. submitit's under SLURM, already owns SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 import traceback
 
 from lfads_lightning.errors import (
@@ -28,7 +30,11 @@ from lfads_lightning.worker.setup import load_run_config
 
 def run_worker(run_id: str, uri: str) -> int:
     """Entry point of `lfads worker`: never leaves the run RUNNING, whatever happens."""
-    previous = raise_on_signals(signal.SIGTERM)
+    # Only where nobody else owns SIGTERM: under SLURM, submitit handles it (preemption).
+    owned = threading.current_thread() is threading.main_thread() and signal.getsignal(
+        signal.SIGTERM
+    ) not in (signal.SIG_DFL, None)
+    previous = {} if owned else raise_on_signals(signal.SIGTERM)
     try:
         return _run(run_id, uri)
     except Terminated as sig:
