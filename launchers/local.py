@@ -135,8 +135,11 @@ class LocalLauncher(Launcher):
             return JobState.RUNNING
         if code == 0:
             return JobState.SUCCEEDED
-        if code < 0 and -code in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
+        if code < 0 and -code in (signal.SIGTERM, signal.SIGINT):
             return JobState.CANCELLED
+        if code < 0:
+            # Killed by a signal nobody here sent: SIGKILL is what the OOM killer sends.
+            handle.info["signal"] = -code
         return JobState.FAILED
 
     def cancel(self, handle: JobHandle, grace: float = 10.0) -> None:

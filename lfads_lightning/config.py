@@ -218,20 +218,78 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load semantics, but a key given twice in one mapping is an error (PyYAML keeps the
+    last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key '{key}' at lines {seen[key]} and {line} of "
+                    f"{self.name}; keep only one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str, name: str = "<config>") -> Any:
+    """yaml.safe_load that refuses duplicate keys (the error names the key and both lines)."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"config path {path} is a directory; pass the path of a YAML file such as configs/lorenz.yaml"
+        )
     if not path.is_file():
         raise ConfigError(
             f"config file not found: {path}; pass the path of a YAML file such as configs/lorenz.yaml"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not a text file (byte {err.start} is not UTF-8); pass a YAML "
+            f"config such as configs/lorenz.yaml"
+        ) from None
+    except OSError as err:
+        raise ConfigError(
+            f"config file {path} cannot be read ({err.strerror or err}); check its permissions"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(
+            f"config file {path} is not a text file (it holds NUL bytes); pass a YAML config "
+            f"such as configs/lorenz.yaml"
+        )
+    try:
+        raw = safe_load_unique(text, str(path))
+    except yaml.constructor.ConstructorError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"config file {path}{where}: {err.problem}; only plain YAML (mappings, lists, "
+            f"numbers, strings) is allowed"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
     if raw is None:
-        return {}
+        raise ConfigError(
+            f"config file {path} is empty; write at least one section (see configs/lorenz.yaml), "
+            f"or give overrides without a config file"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (data, model, ...)")
     return raw

@@ -171,3 +171,188 @@ def test_console_script_exit_code_and_single_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.recon" in lines[0] and "poisson" in lines[0]
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def _one_line(code: int, err: str, expected_code: int = 2) -> str:
+    assert code == expected_code, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_duplicate_key_names_the_key_and_both_lines(workdir, capsys):
+    (workdir / "c.yaml").write_text("model:\n  gen_dim: 3\n  fac_dim: 2\n  gen_dim: 4\n")
+    err = _one_line(*run_cli(fit_args("c.yaml"), capsys))
+    assert "duplicate key 'gen_dim' at lines 2 and 4 of c.yaml" in err
+    assert_clean(workdir)
+
+
+def test_binary_config_file(workdir, capsys):
+    (workdir / "c.yaml").write_bytes(bytes(range(256)) * 4)
+    err = _one_line(*run_cli(fit_args("c.yaml"), capsys))
+    assert "c.yaml is not a text file" in err
+    assert_clean(workdir)
+
+
+def test_config_path_is_a_directory(workdir, capsys):
+    (workdir / "configs").mkdir()
+    err = _one_line(*run_cli(fit_args("configs"), capsys))
+    assert "config path configs is a directory" in err
+    assert_clean(workdir)
+
+
+def test_empty_config_file_is_refused(workdir, capsys):
+    (workdir / "c.yaml").write_text("# nothing here\n")
+    err = _one_line(*run_cli(fit_args("c.yaml"), capsys))
+    assert "config file c.yaml is empty" in err
+    assert_clean(workdir)
+
+
+def test_fit_without_any_config_prints_usage_and_the_demo(workdir, capsys):
+    code, err = run_cli(fit_args(), capsys)
+    assert code == 2
+    assert err.startswith("usage: lfads fit")
+    assert err.splitlines()[-1].endswith("lfads fit --launcher local configs/lorenz.yaml")
+    assert_clean(workdir)
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "lorenz.h5").exists()
+
+
+def test_python_yaml_tag_is_refused(workdir, capsys):
+    marker = workdir / "PWNED"
+    (workdir / "c.yaml").write_text(f'model: !!python/object/apply:os.system ["touch {marker}"]\n')
+    err = _one_line(*run_cli(fit_args("c.yaml"), capsys))
+    assert "c.yaml at line 1" in err and "python/object" in err and "plain YAML" in err
+    assert not marker.exists()
+    assert_clean(workdir)
+
+
+def test_yaml_is_only_read_through_safe_loaders():
+    root = Path(__file__).resolve().parents[1]
+    offenders = [
+        str(p.relative_to(root))
+        for folder in ("lfads_lightning", "launchers")
+        for p in (root / folder).rglob("*.py")
+        if any(
+            bad in p.read_text()
+            for bad in ("yaml.load(", "yaml.unsafe_load", "yaml.full_load", "UnsafeLoader")
+        )
+    ]
+    assert offenders == []
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def test_data_path_is_a_directory(workdir, capsys):
+    (workdir / "d.h5").mkdir()
+    err = _one_line(*run_cli(fit_args("data.paths=[d.h5]", "data.synth=null"), capsys))
+    assert "data path" in err and "d.h5 is a directory" in err and "not found" not in err
+    assert_clean(workdir)
+
+
+def test_unreadable_data_file(workdir, capsys, monkeypatch):
+    """Tests run as root (which reads 0o000 files), so the denial is simulated where h5py
+    opens the file."""
+    _write_raw(workdir / "ok.h5", _tiny_splits(np.random.default_rng(3)))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(h5py, "File", denied)
+    err = _one_line(*run_cli(fit_args("data.paths=[ok.h5]", "data.synth=null"), capsys))
+    assert "ok.h5: cannot be read (Permission denied)" in err and "malformed" not in err
+    assert_clean(workdir)
+
+
+def test_huge_spike_counts_warn(workdir, capsys, monkeypatch):
+    from lfads_lightning.data import format as h5data
+
+    splits = _tiny_splits(np.random.default_rng(4))
+    splits["train"]["encod_data"] = splits["train"]["encod_data"].astype(np.int64)
+    splits["train"]["encod_data"][0, 0, 0] = 10_000_000
+    _write_raw(workdir / "big.h5", splits)
+    monkeypatch.setattr(h5data, "_warned", set())
+    h5data.load_session(workdir / "big.h5")
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("lfads: warning:")
+    assert "'train_encod_data'" in err and "up to 1e+07" in err and "bin width" in err
+
+
+def test_empty_train_split_cannot_be_dropped(workdir, capsys):
+    splits = _tiny_splits(np.random.default_rng(5))
+    splits["train"] = {k: v[:0] for k, v in splits["train"].items()}
+    _write_raw(workdir / "e.h5", splits)
+    err = _one_line(*run_cli(fit_args("data.paths=[e.h5]", "data.synth=null"), capsys))
+    assert "split 'train' has 0 trials" in err and "cannot be dropped" in err
+    assert "or drop the split" not in err
+
+
+# --------------------------------------------------------------------------- outputs, stores
+
+
+def test_output_dir_not_writable_is_found_before_the_run(workdir, capsys, monkeypatch):
+    import tempfile
+
+    _write_raw(workdir / "ok.h5", _tiny_splits(np.random.default_rng(6)))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)  # root writes 0o555 dirs
+    err = _one_line(*run_cli(fit_args("data.paths=[ok.h5]", "data.synth=null"), capsys))
+    assert "output.dir (outputs and checkpoints): cannot write in" in err
+    assert not (workdir / "mlflow.db").exists()
+    assert_clean(workdir)
+
+
+def test_output_dir_under_a_file(workdir, capsys):
+    _write_raw(workdir / "ok.h5", _tiny_splits(np.random.default_rng(6)))
+    (workdir / "afile").write_text("x")
+    args = fit_args("data.paths=[ok.h5]", "data.synth=null", "output.dir=afile/out")
+    err = _one_line(*run_cli(args, capsys))
+    assert "afile is not a directory" in err
+    assert_clean(workdir)
+
+
+def test_file_tracking_uri_is_explained(workdir, capsys):
+    _write_raw(workdir / "ok.h5", _tiny_splits(np.random.default_rng(7)))
+    args = fit_args("--tracking-uri", f"file://{workdir}/mlruns", "data.paths=[ok.h5]")
+    err = _one_line(*run_cli([*args, "data.synth=null"], capsys), expected_code=3)
+    assert "file store" in err and "switched off in MLflow 3" in err
+    assert f"--tracking-uri sqlite:///{workdir}/mlflow.db" in err
+    assert_clean(workdir)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "--run", "0123abcd"],
+        ["pbt", "--resume", "0123abcd"],
+        ["pbt", "status", "0123abcd"],
+        ["evaluate", "0123abcd"],
+    ],
+    ids=["sample", "pbt-resume", "pbt-status", "evaluate"],
+)
+def test_read_only_commands_never_create_a_store(workdir, capsys, args):
+    err = _one_line(*run_cli(args, capsys), expected_code=3)
+    assert f"tracking database {workdir / 'mlflow.db'} does not exist" in err
+    assert list(workdir.iterdir()) == []
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):
+    from lfads_lightning.cli import common
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something odd\nsecond line")
+
+    monkeypatch.delenv("LFADS_DEBUG", raising=False)
+    monkeypatch.setattr(common, "resolve_paths", boom)
+    err = _one_line(*run_cli(fit_args("model.gen_dim=3"), capsys), expected_code=1)
+    assert err == (
+        "error: unexpected RuntimeError: something odd (rerun with lfads --debug for the traceback)"
+    )
+    monkeypatch.setenv("LFADS_DEBUG", "0")  # restored after the test; --debug sets it to 1
+    code, err = run_cli(["--debug", *fit_args("model.gen_dim=3")], capsys)
+    assert code == 1 and "Traceback (most recent call last)" in err and "boom" in err

@@ -102,6 +102,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     bad = write_output(tmp_path / "bad.h5", src, {"valid": {"rates": np.zeros((8, 3, 2))}})
     cases.append(([str(bad)], "valid_rates has shape (8, 3, 2)"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from lfads_lightning.runs import tracking
+
+    tracking.check_store(uri)  # evaluate is read-only: it never creates a store itself
     cases.append((["0123abcd", "--tracking-uri", uri], "MLflow run 0123abcd not found"))
     for argv, expected in cases:
         assert main(["evaluate", *argv]) == 2

@@ -141,6 +141,28 @@ def prepare_data(cfg: Any) -> list[Any]:
     return [load_session(path, cfg.model.recon) for path in cfg.data.paths]
 
 
+def check_writable(directory: Path, what: str) -> None:
+    """Fail now, not after the first epoch, if files cannot be created under `directory`: a
+    file is created and removed in its nearest existing ancestor (nothing is left behind)."""
+    import tempfile
+
+    from lfads_lightning.errors import ConfigError
+
+    base = directory
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{what}: {base} is not a directory; set output.dir to a directory")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"{what}: cannot write in {base} ({err.strerror or err}); set output.dir to a "
+            f"writable directory"
+        ) from None
+
+
 def prepare_run(
     cfg: Any,
     tracking_uri: str | None,
@@ -161,5 +183,6 @@ def prepare_run(
     launcher.check(uri)
     launcher.close()
     prepare_data(cfg)
+    check_writable(Path(cfg.output.dir), "output.dir (outputs and checkpoints)")
     tracking.check_store(uri)
     return cfg, uri

@@ -4,11 +4,14 @@ imports (torch, lightning, mlflow) happen inside the commands so that `lfads --h
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import traceback
 
 from launchers.errors import LauncherError
 from lfads_lightning.cli import data, fit, pbt, results, server
-from lfads_lightning.errors import LfadsError
+from lfads_lightning.errors import LfadsError, Terminated, disk_full_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  lfads evaluate RUN\n\n"
         "see README.md and docs/usage.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show Python tracebacks (also in worker jobs) instead of one-line errors",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (fit, pbt, results, data, server):
@@ -49,17 +57,20 @@ def _attach_extra(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     # MLflow draws a progress bar per artifact download; PBT downloads many small files.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args, extra = parser.parse_known_args(_route(sys.argv[1:] if argv is None else list(argv)))
     if extra:
         _attach_extra(parser, args, extra)
+    if args.debug:
+        os.environ["LFADS_DEBUG"] = "1"  # inherited by worker jobs this process starts
+    debug = os.environ.get("LFADS_DEBUG") == "1"
     try:
         return int(args.func(args) or 0)
     except (LfadsError, LauncherError) as err:
+        if debug:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
@@ -68,6 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lfads pbt status RUN | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Terminated as sig:
+        print(f"lfads: stopped by {sig.name}", file=sys.stderr)
+        return sig.exit_code
+    except OSError as err:
+        if debug:
+            traceback.print_exc()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: {disk_full_message(err)}", file=sys.stderr)
+        else:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(
+            f"error: unexpected {_one_line(err)} (rerun with lfads --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 if __name__ == "__main__":

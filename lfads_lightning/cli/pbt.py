@@ -50,7 +50,7 @@ def _resume(args: argparse.Namespace) -> int:
     if args.items:
         raise ConfigError("--resume takes no config or overrides: the run's own config is used")
     uri = tracking.resolve_uri(args.tracking_uri)
-    tracking.check_store(uri)
+    tracking.check_store(uri, create=False)
     client = tracking.client(uri)
     base, pbt, launcher_name, search, sections = load_parent(client, args.resume)
     name = args.launcher or launcher_name

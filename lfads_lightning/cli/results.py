@@ -24,7 +24,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if args.run:
             uri = tracking.resolve_uri(args.tracking_uri)
             _check_run_exists(uri, args.run)
-            tracking.check_store(uri)
+            tracking.check_store(uri, create=False)
             client = tracking.client(uri)
             try:
                 client.get_run(args.run)
@@ -72,13 +72,13 @@ def _check_run_exists(uri: str, run_id: str) -> None:
 
 
 def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> list[Path]:
-    from lfads_lightning.model.module import LfadsModule
+    from lfads_lightning.worker.checkpoint import load_module
     from lfads_lightning.worker.sampling import sample_all, write_output
     from lfads_lightning.worker.setup import datamodule_for, set_threads
 
     set_threads(cfg.train.threads)
     dm = datamodule_for(cfg)
-    module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module = load_module(ckpt, map_location="cpu")
     outputs = sample_all(module, dm, n_samples)
     return [
         write_output(
@@ -111,13 +111,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             out = fig_dir or Path(target).resolve().parent / "eval_figures"
             result.figures = evaluate.make_figures(target, out, name)
         results, logged = [result], False
-        if not args.no_log and result.run_id:
-            uri = tracking.resolve_uri(args.tracking_uri)
-            tracking.check_store(uri)
+        uri = tracking.resolve_uri(args.tracking_uri)
+        # Logged to the file's run only if its store exists: this never creates one.
+        if not args.no_log and result.run_id and tracking.store_exists(uri):
+            tracking.check_store(uri, create=False)
             logged = evaluate.log_file_evaluation(tracking.client(uri), result)
     else:
         uri = tracking.resolve_uri(args.tracking_uri)
-        tracking.check_store(uri)
+        tracking.check_store(uri, create=False)
         results = evaluate.evaluate_run(
             tracking.client(uri),
             target,

@@ -6,9 +6,8 @@ with one clear line before any model is built or any tracking run is opened.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from lfads_lightning.atomic import atomic_path
 from lfads_lightning.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -126,6 +126,27 @@ def _check_values(path: Path, name: str, x: np.ndarray, allow_nan: bool, check: 
                     f"{_first_bad(frac)}; spike counts must be non-negative integers "
                     f"(use model.recon=gaussian, gamma or zig for continuous data)"
                 )
+            _warn_large_counts(path, name, x)
+
+
+# Spikes per bin above this are not spike counts of one neuron in one bin (even 1 ms bins of a
+# neuron firing at 1 kHz hold one spike); most likely a wrong bin width or other data.
+MAX_PLAUSIBLE_COUNT = 1000
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_large_counts(path: Path, name: str, x: np.ndarray) -> None:
+    if x.size == 0 or (str(path), name) in _warned:
+        return
+    top = float(np.nanmax(x)) if np.isfinite(x).any() else 0.0
+    if top > MAX_PLAUSIBLE_COUNT:
+        _warned.add((str(path), name))
+        print(
+            f"lfads: warning: {path}: dataset '{name}' holds counts up to {top:.6g} per bin "
+            f"(> {MAX_PLAUSIBLE_COUNT}); likely a wrong bin width or data that are not spike "
+            f"counts (use model.recon=gaussian for continuous signals)",
+            file=sys.stderr,
+        )
 
 
 def _is_integral(arr: np.ndarray) -> bool:
@@ -180,9 +201,12 @@ def validate_arrays(
         rec = data.get(f"{s}_recon_data")
         n = enc.shape[0]
         if n == 0:
-            raise DataError(
-                f"{path}: split '{s}' has 0 trials ({s}_encod_data is empty); add trials or drop the split"
+            fix = (
+                "add trials (the train split is required and cannot be dropped)"
+                if s == "train"
+                else "add trials or drop the split"
             )
+            raise DataError(f"{path}: split '{s}' has 0 trials ({s}_encod_data is empty); {fix}")
         d = {"T_enc": enc.shape[1], "C_enc": enc.shape[2]}
         if rec is not None:
             if rec.shape[0] != n:
@@ -273,6 +297,10 @@ def _read_attrs(path: Path, attrs: Mapping[str, Any]) -> tuple[float, int, str]:
 def load_session(path: str | Path, recon: str = "poisson") -> SessionData:
     """Read and validate one session file; raises DataError naming the problem and the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"data path {path} is a directory; give the path of an HDF5 session file in data.paths"
+        )
     if not path.is_file():
         raise DataError(f"data file not found: {path}; {_GEN_HINT}")
     data: dict[str, np.ndarray] = {}
@@ -290,7 +318,17 @@ def load_session(path: str | Path, recon: str = "poisson") -> SessionData:
             attrs = dict(f.attrs)
     except DataError:
         raise
+    except PermissionError as err:
+        raise DataError(
+            f"{path}: cannot be read ({err.strerror or 'permission denied'}); check its permissions "
+            f"(chmod u+r) or run as its owner"
+        ) from None
     except OSError as err:
+        if not os.access(path, os.R_OK) or "ermission denied" in str(err):
+            raise DataError(
+                f"{path}: cannot be read (permission denied); check its permissions (chmod u+r) "
+                f"or run as its owner"
+            ) from None
         raise DataError(
             f"{path}: not a readable HDF5 file ({str(err).splitlines()[0]}); the file is malformed, "
             f"regenerate or reconvert it"
@@ -323,21 +361,13 @@ def write_session(
                 flat[f"{split}_{field}"] = np.asarray(arr)
     validate_arrays(path, flat, recon=None)
     _read_attrs(path, attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            for name, arr in flat.items():
-                dtype = FIELDS[name.split("_", 1)[1]][2]
-                f.create_dataset(
-                    name, data=arr.astype(dtype, copy=False), compression="gzip", compression_opts=1
-                )
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    needed = sum(a.nbytes for a in flat.values())
+    with atomic_path(path, needed) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for name, arr in flat.items():
+            dtype = FIELDS[name.split("_", 1)[1]][2]
+            f.create_dataset(
+                name, data=arr.astype(dtype, copy=False), compression="gzip", compression_opts=1
+            )
     return path

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from lfads_lightning.config import LossConfig, ModelConfig, TrainConfig, from_dict
+from lfads_lightning.errors import TrainingDiverged
 from lfads_lightning.model.network import LFADS, LfadsOutput
 
 
@@ -188,6 +189,8 @@ class LfadsModule(L.LightningModule):
         values = {f"train/{name}": value for name, value in terms.items()}
         values.update({"ramp/kl": ramp_kl, "ramp/l2": ramp_l2})
         self._log_epoch_means(values, batch.encod_data.shape[0], shown="train/loss")
+        if not torch.isfinite(terms["loss"]):
+            raise TrainingDiverged(self.current_epoch, self.global_step)
         return terms["loss"]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -217,6 +220,10 @@ class LfadsModule(L.LightningModule):
         # Computed here rather than read from callback_metrics, which Lightning fills in only
         # after this hook (it would hold the previous epoch's value).
         current = float(sum(o["recon_nll"] for o in outputs) / sum(o["n"] for o in outputs))
+        if not np.isfinite(current) or not all(torch.isfinite(o["rates"]).all() for o in outputs):
+            raise TrainingDiverged(
+                self.current_epoch, self.global_step, "the validation rates are NaN or infinite"
+            )
         self.recon_smth = (
             current if self.recon_smth is None else 0.3 * self.recon_smth + 0.7 * current
         )

@@ -7,11 +7,15 @@ unreachable server is a one-line error, not minutes of client retries.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 from lfads_lightning.errors import TrackingError
 
@@ -59,23 +63,111 @@ def _check_sqlite(uri: str) -> None:
         )
 
 
-def check_store(uri: str, timeout: float = 5.0) -> None:
+def _check_file_store(uri: str) -> None:
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    raise TrackingError(
+        f"the MLflow file store ({uri}) is switched off in MLflow 3; use a sqlite database "
+        f"instead, e.g. --tracking-uri sqlite:///{Path(path).expanduser().resolve().parent / DEFAULT_DB_NAME}"
+    )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def store_exists(uri: str) -> bool:
+    """False only for a sqlite store whose file does not exist (servers are assumed to)."""
+    path = sqlite_path(uri)
+    return path is None or path.exists()
+
+
+@contextlib.contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of an sqlite store across processes: MLflow creates (migrates)
+    the schema on first use, and two processes doing that at once leave an unusable database."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # read-only directory: nothing can be created there anyway
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _first_use_sqlite(uri: str) -> None:
+    """Open (and on first use create) an sqlite store under the lock. A database this call
+    created but could not finish migrating is removed, never left half-made."""
+    path = sqlite_path(uri)
+    assert path is not None
+    with _schema_lock(uri):
+        existed = path.exists()
+        try:
+            client(uri).search_experiments(max_results=1)
+        except Exception:
+            if not existed:
+                _dispose_engines(str(path))
+                for leftover in (path, *(path.with_name(path.name + s) for s in _SIDECARS)):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+            raise
+
+
+_SIDECARS = ("-journal", "-wal", "-shm")
+
+
+def _dispose_engines(fragment: str) -> None:
+    """Close MLflow's cached SQLAlchemy engine of a database file before it is removed."""
+    with contextlib.suppress(Exception):
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for key in [k for k in SqlAlchemyStore._engine_map if fragment in k]:
+            SqlAlchemyStore._engine_map.pop(key).dispose()
+
+
+def check_store(uri: str, timeout: float = 5.0, create: bool = True) -> None:
     """Fail fast with a TrackingError if runs cannot be logged to `uri`; create the schema once.
 
-    Creating the sqlite schema here, in one process, matters: several workers creating it at
-    the same time fail.
+    Creating the sqlite schema here, under a file lock next to the database (mlflow.db.lock),
+    matters: several processes migrating it at the same time leave it unusable. `create=False` (the
+    read-only commands) refuses a sqlite file that does not exist instead of creating it.
     """
     if uri.startswith(("http://", "https://")):
         _check_http(uri, timeout)
+    elif uri.startswith("file:") or "://" not in uri:
+        _check_file_store(uri)
     elif uri.startswith("sqlite:///"):
+        path = sqlite_path(uri)
+        assert path is not None
+        if not create and not path.exists():
+            raise TrackingError(
+                f"tracking database {path} does not exist (nothing was created); pass "
+                f"--tracking-uri or set MLFLOW_TRACKING_URI to the store that holds the run"
+            )
         _check_sqlite(uri)
     try:
-        client(uri).search_experiments(max_results=1)
+        if uri.startswith("sqlite:///") and create:
+            _first_use_sqlite(uri)
+        else:
+            client(uri).search_experiments(max_results=1)
     except TrackingError:
         raise
     except Exception as err:  # noqa: BLE001 - any backend failure is reported the same way
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrackingError(f"cannot use MLflow tracking store {uri}: {first_line}") from None
+        raise TrackingError(f"cannot use MLflow tracking store {uri}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def client(uri: str) -> MlflowClient:

@@ -22,7 +22,7 @@ SAMPLED_TAG = schema.FINAL_SAMPLED
 
 def sample_best_member(client: Any, parent: str) -> dict[str, float]:
     """Sample the best member's checkpoint on every split; log outputs and metrics to `parent`."""
-    from lfads_lightning.model.module import LfadsModule
+    from lfads_lightning.worker.checkpoint import load_module
     from lfads_lightning.worker.fit import sample_and_log
     from lfads_lightning.worker.member import CHECKPOINT_ARTIFACT
     from lfads_lightning.worker.setup import datamodule_for, load_run_config, set_threads
@@ -34,7 +34,7 @@ def sample_best_member(client: Any, parent: str) -> dict[str, float]:
     set_threads(0)  # the threads the launcher gave this job
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = client.download_artifacts(best_run, CHECKPOINT_ARTIFACT, tmp)
-        module = LfadsModule.load_from_checkpoint(ckpt, map_location="cpu")
+        module = load_module(ckpt, map_location="cpu")
     dm = datamodule_for(cfg)
     print(f"lfads: posterior-sampling member run {best_run} onto {parent}", file=sys.stderr)
     metrics = sample_and_log(cfg, module, dm, client, parent, Path(cfg.output.dir) / parent)

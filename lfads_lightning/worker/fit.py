@@ -24,8 +24,8 @@ def fit_run(cfg: LfadsConfig, run_id: str, uri: str) -> dict[str, float]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lfads_lightning.model.module import LfadsModule
     from lfads_lightning.worker.callbacks import BurnInEarlyStopping, MlflowEpochLogger
+    from lfads_lightning.worker.checkpoint import load_module
     from lfads_lightning.worker.preemption import SaveOnPreemption
 
     client = tracking.client(uri)
@@ -56,7 +56,7 @@ def fit_run(cfg: LfadsConfig, run_id: str, uri: str) -> dict[str, float]:
     if trainer.interrupted:
         raise KeyboardInterrupt
     if ckpt.best_model_path:
-        module = LfadsModule.load_from_checkpoint(ckpt.best_model_path, map_location=module.device)
+        module = load_module(ckpt.best_model_path, map_location=module.device)
     summary = {"train_seconds": train_seconds, "epochs": float(trainer.current_epoch)}
     summary.update(sample_and_log(cfg, module, dm, client, run_id, run_dir))
     tracking.log_metrics(client, run_id, summary)

@@ -139,7 +139,7 @@ def _train(
         trainer = make_trainer(
             cfg, Path(work), callbacks, max_epochs=member.target_epoch, resuming=ckpt is not None
         )
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
         path = Path(work) / "last.ckpt"

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import torch
 
+from lfads_lightning.atomic import atomic_path
 from lfads_lightning.data.datamodule import LfadsDataModule
 from lfads_lightning.data.format import SPLITS
 from lfads_lightning.model.module import LfadsModule
@@ -106,24 +107,24 @@ def write_output(
 ) -> Path:
     """Copy of the input file + `<split>_<output>` datasets, written atomically."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(source_path, "r") as src, h5py.File(tmp, "w") as dst:
-            for name in src:
-                src.copy(src[name], dst, name=name)
-            for key, value in src.attrs.items():
-                dst.attrs[key] = value
-            for split, values in outputs.items():
-                for key, array in values.items():
-                    dst.create_dataset(
-                        f"{split}_{key}", data=array, compression="gzip", compression_opts=1
-                    )
-            dst.attrs["lfads_source_file"] = str(Path(source_path).resolve())
-            for key, value in (attrs or {}).items():
-                dst.attrs[key] = value
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    needed = os.path.getsize(source_path) + sum(
+        a.nbytes for values in outputs.values() for a in values.values()
+    )
+    with (
+        atomic_path(out_path, needed) as tmp,
+        h5py.File(source_path, "r") as src,
+        h5py.File(tmp, "w") as dst,
+    ):
+        for name in src:
+            src.copy(src[name], dst, name=name)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for split, values in outputs.items():
+            for key, array in values.items():
+                dst.create_dataset(
+                    f"{split}_{key}", data=array, compression="gzip", compression_opts=1
+                )
+        dst.attrs["lfads_source_file"] = str(Path(source_path).resolve())
+        for key, value in (attrs or {}).items():
+            dst.attrs[key] = value
     return out_path

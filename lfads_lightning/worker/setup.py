@@ -102,7 +102,9 @@ def make_trainer(
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    plugins = []
+    from lfads_lightning.worker.checkpoint import AtomicCheckpointIO
+
+    plugins: list[Any] = [AtomicCheckpointIO()]  # atomic saves, weights_only loads
     if "SLURM_JOB_ID" in os.environ:
         # submitit owns requeueing; Lightning's own SLURM signal handlers would fight it.
         from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -127,5 +129,5 @@ def make_trainer(
         # A member resumes a checkpoint that already ran validation: no sanity pass needed.
         num_sanity_val_steps=0 if resuming else 1,
         log_every_n_steps=1,
-        plugins=plugins or None,
+        plugins=plugins,
     )
