@@ -16,6 +16,7 @@ STAGES = (
     "config",
     "faults",
     "progress",
+    "atomic",
     "data",
     "runs",
     "evaluation",

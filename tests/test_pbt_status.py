@@ -106,4 +106,5 @@ def test_unknown_ids_answer_at_once(tmp_path, tracking_uri):
         assert time.monotonic() - start < 30  # MLflow is never imported (seconds, not minutes)
     missing = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"}
     proc = lfads("pbt", "status", "BADID", cwd=tmp_path, env=missing)
-    assert proc.returncode != 0 and "no tracking database" in proc.stderr
+    assert proc.returncode == 3 and "does not exist (nothing was created)" in proc.stderr
+    assert not (tmp_path / "none").exists()

@@ -58,11 +58,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _check_run_exists(uri: str, run_id: str) -> None:
     """An unknown run id is answered at once, without the seconds MLflow takes to import."""
-    from lfads_lightning.runs import fastread
+    from lfads_lightning.runs import fastread, tracking
 
     missing = f"MLflow run {run_id} not found in {uri}; check the run id and --tracking-uri / MLFLOW_TRACKING_URI"
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise LfadsError(missing)
+    tracking.require_existing(uri)
     if fastread.supported(uri):
         try:
             if fastread.get_run(uri, run_id) is None:

@@ -270,11 +270,7 @@ def status_at(uri: str, parent: str, generations: str = "latest") -> str:
     from lfads_lightning.runs import fastread
     from lfads_lightning.runs.schema import P, member_from_run
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise LfadsError(
-            f"PBT run {parent} not found: there is no tracking database at "
-            f"{uri[len('sqlite:///') :]}; pass --tracking-uri or set MLFLOW_TRACKING_URI"
-        )
+    tracking.require_existing(uri)
     if fastread.supported(uri):
         try:
             run = fastread.get_run(uri, parent)

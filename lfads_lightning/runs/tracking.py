@@ -135,6 +135,16 @@ def _dispose_engines(fragment: str) -> None:
             SqlAlchemyStore._engine_map.pop(key).dispose()
 
 
+def require_existing(uri: str) -> None:
+    """Read-only commands: a sqlite store that does not exist is an error, never created."""
+    path = sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if path is not None and not path.exists():
+        raise TrackingError(
+            f"tracking database {path} does not exist (nothing was created); pass "
+            f"--tracking-uri or set MLFLOW_TRACKING_URI to the store that holds the run"
+        )
+
+
 def check_store(uri: str, timeout: float = 5.0, create: bool = True) -> None:
     """Fail fast with a TrackingError if runs cannot be logged to `uri`; create the schema once.
 
@@ -149,11 +159,8 @@ def check_store(uri: str, timeout: float = 5.0, create: bool = True) -> None:
     elif uri.startswith("sqlite:///"):
         path = sqlite_path(uri)
         assert path is not None
-        if not create and not path.exists():
-            raise TrackingError(
-                f"tracking database {path} does not exist (nothing was created); pass "
-                f"--tracking-uri or set MLFLOW_TRACKING_URI to the store that holds the run"
-            )
+        if not create:
+            require_existing(uri)
         _check_sqlite(uri)
     try:
         if uri.startswith("sqlite:///") and create:
