@@ -167,13 +167,36 @@ def validate_arrays(
 ) -> dict[str, SplitData]:
     """Check the flat `{split_field: array}` mapping of one file; return typed splits.
 
-    `recon=None` checks structure and finiteness only (used when writing).
+    `recon=None` checks structure and finiteness only (used when writing). The checks run in
+    order: the datasets present, their dimensions, each split's shapes, the splits against each
+    other, then each split's optional fields and values.
     """
     if recon is not None and recon not in RECON_CHECKS:
         raise DataError(
             f"unknown reconstruction distribution {recon!r}; use one of {', '.join(RECON_CHECKS)}"
         )
     check = RECON_CHECKS.get(recon) if recon is not None else None
+    _check_present(path, data)
+    _check_ndims(path, data)
+    splits = [s for s in SPLITS if f"{s}_encod_data" in data]
+    dims = {s: _split_dims(path, data, s) for s in splits}
+    ref = _check_consistent(path, data, splits, dims)
+    out: dict[str, SplitData] = {}
+    for s in splits:
+        _check_optional_fields(path, data, s, ref)
+        _check_split_values(path, data, s, check)
+        out[s] = SplitData(
+            **{
+                f: None
+                if f"{s}_{f}" not in data
+                else np.asarray(data[f"{s}_{f}"], dtype=FIELDS[f][2])
+                for f in FIELDS
+            }
+        )
+    return out
+
+
+def _check_present(path: Path, data: Mapping[str, np.ndarray]) -> None:
     required = [f"{s}_{f}" for s in REQUIRED_SPLITS for f in ("encod_data", "recon_data")]
     missing = [name for name in required if name not in data]
     missing += [
@@ -186,6 +209,9 @@ def validate_arrays(
             f"{path}: missing required dataset '{missing[0]}'; a session file needs "
             f"{', '.join(required)} (and test_encod_data if it has a test split)"
         )
+
+
+def _check_ndims(path: Path, data: Mapping[str, np.ndarray]) -> None:
     for name, arr in data.items():
         ndim = FIELDS[name.split("_", 1)[1]][0]
         if arr.ndim != ndim:
@@ -194,36 +220,42 @@ def validate_arrays(
                 f"{FIELDS[name.split('_', 1)[1]][1]}; rewrite it with that layout"
             )
 
-    splits = [s for s in SPLITS if f"{s}_encod_data" in data]
-    dims: dict[str, dict[str, int]] = {}
-    for s in splits:
-        enc = data[f"{s}_encod_data"]
-        rec = data.get(f"{s}_recon_data")
-        n = enc.shape[0]
-        if n == 0:
-            fix = (
-                "add trials (the train split is required and cannot be dropped)"
-                if s == "train"
-                else "add trials or drop the split"
+
+def _split_dims(path: Path, data: Mapping[str, np.ndarray], s: str) -> dict[str, int]:
+    """Bins and channels of one split; encod and recon must hold the same trials."""
+    enc = data[f"{s}_encod_data"]
+    rec = data.get(f"{s}_recon_data")
+    n = enc.shape[0]
+    if n == 0:
+        fix = (
+            "add trials (the train split is required and cannot be dropped)"
+            if s == "train"
+            else "add trials or drop the split"
+        )
+        raise DataError(f"{path}: split '{s}' has 0 trials ({s}_encod_data is empty); {fix}")
+    d = {"T_enc": enc.shape[1], "C_enc": enc.shape[2]}
+    if rec is not None:
+        if rec.shape[0] != n:
+            raise DataError(
+                f"{path}: {s}_encod_data has {n} trials but {s}_recon_data has {rec.shape[0]}; "
+                f"both must hold the same trials in the same order"
             )
-            raise DataError(f"{path}: split '{s}' has 0 trials ({s}_encod_data is empty); {fix}")
-        d = {"T_enc": enc.shape[1], "C_enc": enc.shape[2]}
-        if rec is not None:
-            if rec.shape[0] != n:
-                raise DataError(
-                    f"{path}: {s}_encod_data has {n} trials but {s}_recon_data has {rec.shape[0]}; "
-                    f"both must hold the same trials in the same order"
-                )
-            if rec.shape[1] < enc.shape[1] or rec.shape[2] < enc.shape[2]:
-                raise DataError(
-                    f"{path}: {s}_recon_data {tuple(rec.shape)} is smaller than {s}_encod_data "
-                    f"{tuple(enc.shape)}; need T_rec >= T_enc and C_rec >= C_enc (held-in first, "
-                    f"observed window first)"
-                )
-            d.update(T_rec=rec.shape[1], C_rec=rec.shape[2])
-        ext = data.get(f"{s}_ext_input")
-        d["E"] = 0 if ext is None else ext.shape[2]
-        dims[s] = d
+        if rec.shape[1] < enc.shape[1] or rec.shape[2] < enc.shape[2]:
+            raise DataError(
+                f"{path}: {s}_recon_data {tuple(rec.shape)} is smaller than {s}_encod_data "
+                f"{tuple(enc.shape)}; need T_rec >= T_enc and C_rec >= C_enc (held-in first, "
+                f"observed window first)"
+            )
+        d.update(T_rec=rec.shape[1], C_rec=rec.shape[2])
+    ext = data.get(f"{s}_ext_input")
+    d["E"] = 0 if ext is None else ext.shape[2]
+    return d
+
+
+def _check_consistent(
+    path: Path, data: Mapping[str, np.ndarray], splits: list[str], dims: dict[str, dict[str, int]]
+) -> dict[str, int]:
+    """Every split shares train's bins, channels and external inputs; returns train's dims."""
     ref = dims["train"]
     for s in splits[1:]:
         for key, value in dims[s].items():
@@ -235,45 +267,39 @@ def validate_arrays(
     n_beh = {s: data[f"{s}_behavior"].shape[2] for s in splits if f"{s}_behavior" in data}
     if len(set(n_beh.values())) > 1:
         raise DataError(f"{path}: splits disagree on behaviour channels {n_beh}; make them equal")
+    return ref
 
-    out: dict[str, SplitData] = {}
-    for s in splits:
-        n = data[f"{s}_encod_data"].shape[0]
-        expected = {
-            "ext_input": (n, ref["T_rec"], ref["E"]),
-            "truth": (n, ref["T_rec"], ref["C_rec"]),
-            "cond_idx": (n,),
-            "inds": (n,),
-        }
-        for field, shape in expected.items():
-            arr = data.get(f"{s}_{field}")
-            if arr is not None and tuple(arr.shape) != shape:
-                raise _shape_error(path, f"{s}_{field}", arr.shape, shape)
-        beh = data.get(f"{s}_behavior")
-        if beh is not None and tuple(beh.shape[:2]) != (n, ref["T_enc"]):
-            raise _shape_error(path, f"{s}_behavior", beh.shape, (n, ref["T_enc"], beh.shape[2]))
-        for field in ("cond_idx", "inds"):
-            arr = data.get(f"{s}_{field}")
-            if arr is not None and not _is_integral(arr):
-                raise DataError(
-                    f"{path}: dataset '{s}_{field}' must hold integers; store it as int64"
-                )
-        enc = data[f"{s}_encod_data"]
-        rec = data.get(f"{s}_recon_data")
-        _check_values(path, f"{s}_encod_data", enc, False, check)
-        if rec is not None:
-            _check_values(path, f"{s}_recon_data", rec, s == "test", check)
-        if f"{s}_ext_input" in data:
-            _check_values(path, f"{s}_ext_input", data[f"{s}_ext_input"], False, None)
-        out[s] = SplitData(
-            **{
-                f: None
-                if f"{s}_{f}" not in data
-                else np.asarray(data[f"{s}_{f}"], dtype=FIELDS[f][2])
-                for f in FIELDS
-            }
-        )
-    return out
+
+def _check_optional_fields(
+    path: Path, data: Mapping[str, np.ndarray], s: str, ref: dict[str, int]
+) -> None:
+    n = data[f"{s}_encod_data"].shape[0]
+    expected = {
+        "ext_input": (n, ref["T_rec"], ref["E"]),
+        "truth": (n, ref["T_rec"], ref["C_rec"]),
+        "cond_idx": (n,),
+        "inds": (n,),
+    }
+    for field, shape in expected.items():
+        arr = data.get(f"{s}_{field}")
+        if arr is not None and tuple(arr.shape) != shape:
+            raise _shape_error(path, f"{s}_{field}", arr.shape, shape)
+    beh = data.get(f"{s}_behavior")
+    if beh is not None and tuple(beh.shape[:2]) != (n, ref["T_enc"]):
+        raise _shape_error(path, f"{s}_behavior", beh.shape, (n, ref["T_enc"], beh.shape[2]))
+    for field in ("cond_idx", "inds"):
+        arr = data.get(f"{s}_{field}")
+        if arr is not None and not _is_integral(arr):
+            raise DataError(f"{path}: dataset '{s}_{field}' must hold integers; store it as int64")
+
+
+def _check_split_values(path: Path, data: Mapping[str, np.ndarray], s: str, check: Any) -> None:
+    _check_values(path, f"{s}_encod_data", data[f"{s}_encod_data"], False, check)
+    rec = data.get(f"{s}_recon_data")
+    if rec is not None:
+        _check_values(path, f"{s}_recon_data", rec, s == "test", check)
+    if f"{s}_ext_input" in data:
+        _check_values(path, f"{s}_ext_input", data[f"{s}_ext_input"], False, None)
 
 
 def _read_attrs(path: Path, attrs: Mapping[str, Any]) -> tuple[float, int, str]:

@@ -120,6 +120,39 @@ def _read_nwb(src: Path, align: str, progress: Any) -> dict[str, object]:
     }
 
 
+def _splits(
+    src: Path, f: dict[str, Any], align: str, starts: np.ndarray, bins: tuple, valid_every: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Train/valid from NLB's train trials (every `valid_every`th is valid), test from val."""
+    n_obs, n_fwd, bin_s = bins
+    split, event, cond, vel, n_in = f["split"], f["event"], f["cond"], f["vel"], f["n_in"]
+    progress = f["progress"]
+    train_ids = np.flatnonzero(split == "train")
+    groups = {
+        "train": train_ids[np.arange(len(train_ids)) % valid_every != 0],
+        "valid": train_ids[np.arange(len(train_ids)) % valid_every == 0],
+        "test": np.flatnonzero(split == "val"),
+    }
+    splits: dict[str, dict[str, np.ndarray]] = {}
+    for name, ids in groups.items():
+        progress.update()
+        if len(ids) == 0:
+            continue
+        if np.isnan(event[ids]).any():
+            raise DataError(f"{src}: some {name} trials have no {align}; choose another --align")
+        counts = bin_spikes(f["spikes"], starts[ids], n_obs + n_fwd, bin_s)
+        splits[name] = {
+            "encod_data": counts[:, :n_obs, :n_in],
+            "recon_data": counts,
+            "inds": ids.astype(np.int64),
+        }
+        if cond is not None:
+            splits[name]["cond_idx"] = cond[ids]
+        if vel is not None and name != "test":
+            splits[name]["behavior"] = bin_series(vel[0], vel[1], starts[ids], n_obs, bin_s)
+    return splits
+
+
 def convert_nlb_nwb(
     src: str | Path,
     out_path: str | Path,
@@ -148,31 +181,9 @@ def convert_nlb_nwb(
     # Steps: reading the file, each unit's spike times, binning each split, writing.
     progress = Progress(f"converting {src.name}", 1, "steps")
     f = _read_nwb(src, align, progress)
-    split, event, cond, vel, n_in = f["split"], f["event"], f["cond"], f["vel"], f["n_in"]
-    starts = event + start_ms / 1000.0
-    train_ids = np.flatnonzero(split == "train")
-    groups = {
-        "train": train_ids[np.arange(len(train_ids)) % valid_every != 0],
-        "valid": train_ids[np.arange(len(train_ids)) % valid_every == 0],
-        "test": np.flatnonzero(split == "val"),
-    }
-    splits: dict[str, dict[str, np.ndarray]] = {}
-    for name, ids in groups.items():
-        progress.update()
-        if len(ids) == 0:
-            continue
-        if np.isnan(event[ids]).any():
-            raise DataError(f"{src}: some {name} trials have no {align}; choose another --align")
-        counts = bin_spikes(f["spikes"], starts[ids], n_obs + n_fwd, bin_s)
-        splits[name] = {
-            "encod_data": counts[:, :n_obs, :n_in],
-            "recon_data": counts,
-            "inds": ids.astype(np.int64),
-        }
-        if cond is not None:
-            splits[name]["cond_idx"] = cond[ids]
-        if vel is not None and name != "test":
-            splits[name]["behavior"] = bin_series(vel[0], vel[1], starts[ids], n_obs, bin_s)
+    f["progress"] = progress
+    starts = f["event"] + start_ms / 1000.0
+    splits = _splits(src, f, align, starts, (n_obs, n_fwd, bin_s), valid_every)
     attrs = {
         "bin_size_ms": float(bin_size_ms),
         "behavior_lag_bins": int(round(behavior_lag_ms / bin_size_ms)),
