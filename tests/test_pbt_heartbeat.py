@@ -21,9 +21,11 @@ from lfads_lightning.runs.schema import MemberRun
 class ScriptedLauncher(Launcher):
     name = "scripted"
 
-    def __init__(self) -> None:
+    def __init__(self, uri: str = "") -> None:
         self.state = JobState.PENDING
         self.cancelled: list[str] = []
+        self.uri = uri
+        self.status_at_cancel: list[str] = []
 
     def submit(self, spec):
         return JobHandle(self.name, "1", spec.run_id)
@@ -33,6 +35,8 @@ class ScriptedLauncher(Launcher):
 
     def cancel(self, handle):
         self.cancelled.append(handle.run_id)
+        if self.uri:  # what the worker would find if the cancel stopped it
+            self.status_at_cancel.append(MlflowClient(self.uri).get_run(handle.run_id).info.status)
 
 
 def make(tmp_path, timeout: float):
@@ -41,8 +45,8 @@ def make(tmp_path, timeout: float):
     client = MlflowClient(uri)
     exp = client.create_experiment("hb", artifact_location=str(tmp_path / "art"))
     run_id = client.create_run(exp).info.run_id
-    launcher = ScriptedLauncher()
-    pbt = PbtConfig(heartbeat_timeout=timeout)
+    launcher = ScriptedLauncher(uri)
+    pbt = PbtConfig(heartbeat_timeout=timeout, retries=0)
     controller = Controller(uri, run_id, LfadsConfig(), pbt, launcher, log=lambda msg: None)
     submitted = time.time() - 10 * timeout  # submitted long ago, no heartbeat ever written
     member = MemberRun(
@@ -66,7 +70,15 @@ def test_the_clock_starts_when_the_job_leaves_the_queue(tmp_path):
     time.sleep(0.7)
     outcome = controller._check(member)
     assert outcome is not None and "no heartbeat" in outcome
+    assert launcher.cancelled == []  # _check only reports; _fail closes the run, then cancels
+    assert controller._fail(member, outcome) is None  # no retries left in this config
     assert launcher.cancelled == [member.run_id]
+    # The run was closed with the controller's reason before its job was stopped, so a worker
+    # stopped by the cancel (KILLED, "stopped by SIGTERM") cannot overwrite why it failed.
+    assert launcher.status_at_cancel == ["FAILED"]
+    assert (
+        "no heartbeat" in MlflowClient(launcher.uri).get_run(member.run_id).data.tags["lfads.error"]
+    )
 
 
 def test_a_running_job_without_heartbeat_since_submission_is_hung(tmp_path):

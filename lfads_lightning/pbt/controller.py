@@ -304,16 +304,17 @@ class Controller:
         beat = run.data.tags.get(P + "heartbeat")
         last = float(beat) if beat else float(m.job.get("submitted_at", time.time()))
         last = max(last, self._last_queued.get(m.run_id, 0.0))
-        if time.time() - last > self.pbt.heartbeat_timeout:
-            self._cancel(m)
+        if time.time() - last > self.pbt.heartbeat_timeout:  # _fail closes the run, then cancels
             return f"no heartbeat for {self.pbt.heartbeat_timeout:.0f} s (hung)"
         return None
 
     def _fail(self, m: MemberRun, reason: str) -> MemberRun | None:
         """Close the failed attempt (state failed, via the schema); queue a retry if any remain."""
+        # The run first, then the job: a worker stopped by the cancel closes its run too (KILLED,
+        # "stopped by SIGTERM"), and the controller's reason is the one that says why.
+        schema.mark_failed(self.uri, m.run_id, reason)
         if m.job.get("job_id"):
             self._cancel(m)
-        schema.mark_failed(self.uri, m.run_id, reason)
         if m.attempt < self.pbt.retries:
             self._log(
                 f"generation {m.generation}: member {m.member} attempt {m.attempt} failed ({reason}); retrying"
