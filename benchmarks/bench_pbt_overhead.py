@@ -30,6 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "mc_maze_small"
 
 
+def bench_pbt_config(args: argparse.Namespace) -> PbtConfig:
+    """The population the overhead benchmarks run: no burn-in, no early stop, all at once."""
+    return PbtConfig(
+        population=args.population,
+        epochs_per_generation=args.epochs_per_generation,
+        burn_in=0,
+        max_generations=args.generations,
+        patience=100,
+        concurrency=args.population,
+    )
+
+
 def run_population(
     work: Path, cfg, pbt: PbtConfig, launcher_name: str, options: dict
 ) -> tuple[float, float, list[float], int]:
@@ -84,14 +96,7 @@ def main() -> None:
         ROOT / "configs" / "mc_maze_small.yaml",
         [f"data.paths=[{data}]", f"output.dir={work / 'out'}"],
     )
-    pbt = PbtConfig(
-        population=args.population,
-        epochs_per_generation=args.epochs_per_generation,
-        burn_in=0,
-        max_generations=args.generations,
-        patience=100,
-        concurrency=args.population,
-    )
+    pbt = bench_pbt_config(args)
     name = "local"
     options = {"warm": not args.cold}
     wall, training, per_generation, threads = run_population(work, cfg, pbt, name, options)

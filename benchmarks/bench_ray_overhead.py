@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pbt_overhead import ROOT, SHARED, run_population  # noqa: E402
+from bench_pbt_overhead import ROOT, SHARED, bench_pbt_config, run_population  # noqa: E402
 
 from lfads_lightning.config import load_config  # noqa: E402
-from lfads_lightning.pbt.config import PbtConfig  # noqa: E402
 
 
 def main() -> None:
@@ -46,14 +45,7 @@ def main() -> None:
         ROOT / "configs" / "mc_maze_small.yaml",
         [f"data.paths=[{data}]", f"output.dir={work / 'out'}", "train.progress_bar=false"],
     )
-    pbt = PbtConfig(
-        population=args.population,
-        epochs_per_generation=args.epochs_per_generation,
-        burn_in=0,
-        max_generations=args.generations,
-        patience=100,
-        concurrency=args.population,
-    )
+    pbt = bench_pbt_config(args)
     ray_options = {"address": address, "num_cpus": 1}
     shares: dict[str, list[float]] = {"local": [], "ray": []}
     walls: dict[str, list[float]] = {"local": [], "ray": []}
