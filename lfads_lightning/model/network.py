@@ -130,16 +130,7 @@ class LFADS(nn.Module):
         ic_f, ic_b = self.ic_encoder(x)
         ic_h = self.dropout(torch.cat([ic_f[:, -1], ic_b[:, 0]], -1))
         ic_mean, ic_logvar = self.ic_linear(ic_h).chunk(2, -1)
-        if cfg.variational:
-            ic_var = torch.exp(ic_logvar) + cfg.ic_post_var_min
-            ic_sample = (
-                ic_mean + torch.sqrt(ic_var) * torch.randn_like(ic_mean)
-                if sample_posteriors
-                else ic_mean
-            )
-        else:
-            ic_var = torch.zeros_like(ic_mean)
-            ic_sample = ic_mean
+        ic_var, ic_sample = self._ic_posterior(ic_mean, ic_logvar, sample_posteriors)
         gen_h = self.ic_to_g0(ic_sample)
         factor_w = self.factors.normalized_weight()
         fac = self.dropout(gen_h) @ factor_w.T
@@ -204,6 +195,17 @@ class LFADS(nn.Module):
         )
 
     # ------------------------------------------------------------------ fast path
+
+    def _ic_posterior(
+        self, ic_mean: Tensor, ic_logvar: Tensor, sample_posteriors: bool
+    ) -> tuple[Tensor, Tensor]:
+        """(variance, sample) of the initial-condition posterior; both paths share it."""
+        if not self.cfg.variational:
+            return torch.zeros_like(ic_mean), ic_mean
+        ic_var = torch.exp(ic_logvar) + self.cfg.ic_post_var_min
+        if not sample_posteriors:
+            return ic_var, ic_mean
+        return ic_var, ic_mean + torch.sqrt(ic_var) * torch.randn_like(ic_mean)
 
     def _dropout_mask(self, *shape: int, like: Tensor) -> Tensor | None:
         """Inverted-dropout mask (0 or 1 / (1 - p)), None when dropout is off (eval mode).
@@ -292,16 +294,7 @@ class LFADS(nn.Module):
         x = self._apply_dropout(self.readins[session](encod_data))
         ic_h, ci = self._encode_fast(x)
         ic_mean, ic_logvar = self.ic_linear(self._apply_dropout(ic_h)).chunk(2, -1)
-        if cfg.variational:
-            ic_var = torch.exp(ic_logvar) + cfg.ic_post_var_min
-            ic_sample = (
-                ic_mean + torch.sqrt(ic_var) * torch.randn_like(ic_mean)
-                if sample_posteriors
-                else ic_mean
-            )
-        else:
-            ic_var = torch.zeros_like(ic_mean)
-            ic_sample = ic_mean
+        ic_var, ic_sample = self._ic_posterior(ic_mean, ic_logvar, sample_posteriors)
         gen_h0 = self.ic_to_g0(ic_sample)
         factor_w = self.factors.normalized_weight()
         fac0 = self._apply_dropout(gen_h0) @ factor_w.T
