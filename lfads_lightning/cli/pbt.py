@@ -139,6 +139,21 @@ def dry_run_yaml(
     return yaml.safe_dump_all(docs, sort_keys=False).rstrip()
 
 
+def _add_run_options(parser: argparse.ArgumentParser, jobs: str, what: str) -> None:
+    """The options `lfads pbt` and `lfads search` share: launcher, resume, tracking, JSON."""
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHER_NAMES,
+        default=None,
+        help=f"where {jobs} jobs run (default: local; with --resume: the run's own launcher)",
+    )
+    parser.add_argument(
+        "--resume", metavar="PARENT_RUN_ID", help=f"continue {what} from its state in MLflow"
+    )
+    add_tracking_uri(parser)
+    add_json(parser)
+
+
 def _add_pbt(sub: argparse._SubParsersAction) -> None:
     pbt = add_command(
         sub,
@@ -157,17 +172,7 @@ def _add_pbt(sub: argparse._SubParsersAction) -> None:
         ],
         "docs/pbt.md",
     )
-    pbt.add_argument(
-        "--launcher",
-        choices=LAUNCHER_NAMES,
-        default=None,
-        help="where member jobs run (default: local; with --resume: the run's own launcher)",
-    )
-    pbt.add_argument(
-        "--resume", metavar="PARENT_RUN_ID", help="continue a PBT run from its state in MLflow"
-    )
-    add_tracking_uri(pbt)
-    add_json(pbt)
+    _add_run_options(pbt, "member", "a PBT run")
     pbt.add_argument(
         "--all", action="store_true", help="with status: every generation, not only the latest"
     )
@@ -229,17 +234,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help="how trials' hyperparameters are drawn: uniformly at random, or Optuna's TPE",
     )
     search.add_argument("--trials", type=int, help="number of trials (default: pbt.population)")
-    search.add_argument(
-        "--launcher",
-        choices=LAUNCHER_NAMES,
-        default=None,
-        help="where trial jobs run (default: local; with --resume: the run's own launcher)",
-    )
-    search.add_argument(
-        "--resume", metavar="PARENT_RUN_ID", help="continue a search from its state in MLflow"
-    )
-    add_tracking_uri(search)
-    add_json(search)
+    _add_run_options(search, "trial", "a search")
     search.add_argument("--all", action="store_true", help=argparse.SUPPRESS)
     search.add_argument(
         "items",
