@@ -61,6 +61,9 @@ class ModelConfig:
     co_prior_nvar: float = 0.1
     dropout_rate: float = 0.3
     cd_rate: float = 0.3
+    # Temporal shift (training only): each trial moved by round(N(0, std)) bins, at most max.
+    temporal_shift_std: float = 0.0
+    temporal_shift_max: int = 6
     # Zero-inflated gamma: smallest non-zero value an event can take (data units).
     zig_min_value: float = 0.1
     # Fused sequence kernels (lfads_lightning/model/fused.py) with hand-written backward; false runs
@@ -317,8 +320,16 @@ def validate(cfg: LfadsConfig) -> LfadsConfig:
         raise ConfigError(f"data.batch_size must be > 0, got {d.batch_size}")
     if not d.paths:
         raise ConfigError("data.paths is empty; list at least one HDF5 file")
-    if d.synth is not None and d.synth not in ("lorenz", "chaotic-rnn"):
-        raise ConfigError(f"data.synth: {d.synth!r} is not one of lorenz, chaotic-rnn (or null)")
+    synths = ("lorenz", "lorenz-sparse", "chaotic-rnn")
+    if d.synth is not None and d.synth not in synths:
+        raise ConfigError(f"data.synth: {d.synth!r} is not one of {', '.join(synths)} (or null)")
+    if m.temporal_shift_std < 0 or m.temporal_shift_max < 0:
+        raise ConfigError("model.temporal_shift_std and temporal_shift_max must be >= 0")
+    if m.temporal_shift_std > 0 and d.sv_rate > 0:
+        raise ConfigError(
+            "model.temporal_shift_std > 0 would move sample-validation entries into view; "
+            "set data.sv_rate=0 or model.temporal_shift_std=0"
+        )
     if m.cell_clip <= 0 or m.ic_prior_var <= 0 or m.co_prior_tau <= 0 or m.co_prior_nvar <= 0:
         raise ConfigError(
             "model.cell_clip, ic_prior_var, co_prior_tau and co_prior_nvar must be > 0"

@@ -102,4 +102,35 @@ def test_make_dataset_errors(tmp_path):
         make_dataset("spiral", tmp_path / "x.h5")
     with pytest.raises(DataError, match="unknown parameter 'n_neuron'.*n_neurons"):
         make_dataset("lorenz", tmp_path / "x.h5", n_neuron=3)
-    assert set(GENERATORS) == {"lorenz", "chaotic-rnn"}
+    assert set(GENERATORS) == {"lorenz", "lorenz-sparse", "chaotic-rnn"}
+
+
+def test_lorenz_sparse_regime_rates_per_neuron():
+    """lorenz-sparse: 60 neurons whose mean rates lie in 1-3 Hz at 10 ms bins, 640/160 trials."""
+    data = GENERATORS["lorenz-sparse"](seed=0)
+    splits = data["splits"]
+    assert splits["train"]["encod_data"].shape == (640, 50, 60)
+    assert splits["valid"]["encod_data"].shape == (160, 50, 60)
+    truth = np.concatenate([splits[s]["truth"] for s in ("train", "valid")])
+    hz = truth.mean(axis=(0, 1)) * 1000.0 / data["attrs"]["bin_size_ms"]
+    assert np.all(hz >= 1.0 - 1e-6) and np.all(hz <= 3.0 + 1e-6)
+    assert hz.max() - hz.min() > 1.0  # drawn per neuron, not one shared rate
+    spikes = np.concatenate([splits[s]["recon_data"] for s in ("train", "valid")])
+    assert abs(spikes.mean() - 0.02) < 0.002
+    assert "lorenz-sparse" in data["attrs"]["description"]
+
+
+def test_lorenz_mean_rate_hz_leaves_the_dense_default_unchanged():
+    """The per-neuron range draws from the generator only when given, so seeds keep their data."""
+    dense = lorenz(seed=2, n_conditions=4, trials_per_condition=5)
+    again = lorenz(seed=2, n_conditions=4, trials_per_condition=5, mean_rate_hz=None)
+    np.testing.assert_array_equal(
+        dense["splits"]["train"]["truth"], again["splits"]["train"]["truth"]
+    )
+    np.testing.assert_allclose(dense["splits"]["train"]["truth"].mean(), 0.75, rtol=0.05)
+
+
+@pytest.mark.parametrize("bad", [[0.0, 2.0], [3.0, 1.0], [1.0]])
+def test_lorenz_mean_rate_hz_rejects_bad_ranges(bad):
+    with pytest.raises(DataError, match="mean_rate_hz"):
+        lorenz(seed=0, n_conditions=2, trials_per_condition=5, mean_rate_hz=bad)

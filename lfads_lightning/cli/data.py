@@ -68,12 +68,15 @@ def _add_synth(data_sub: argparse._SubParsersAction) -> None:
         "Generator parameters follow as key=value.",
         [
             "lfads data synth lorenz lorenz.h5",
+            "lfads data synth lorenz-sparse sparse.h5   # 60 neurons at 1-3 Hz, 10 ms bins",
             "lfads data synth chaotic-rnn rnn.h5 --seed 3 n_neurons=50 --overwrite",
         ],
         "docs/data-format.md",
     )
     synth.add_argument(
-        "kind", choices=("lorenz", "chaotic-rnn"), help="the dynamical system behind the rates"
+        "kind",
+        choices=("lorenz", "lorenz-sparse", "chaotic-rnn"),
+        help="the dynamical system behind the rates (lorenz-sparse: real cortex's 1-3 Hz rates)",
     )
     synth.add_argument("out", help="output HDF5 path")
     synth.add_argument("--seed", type=int, default=0, help="random seed of the generator")

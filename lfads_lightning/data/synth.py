@@ -85,6 +85,24 @@ def _check_common(n_neurons: int, n_heldout: int, n_forward: int, valid_every: i
         )
 
 
+def _neuron_mean_rates(
+    rng: np.random.Generator,
+    n_neurons: int,
+    mean_rate: float,
+    mean_rate_hz: list[float] | None,
+    bin_size_ms: float,
+) -> float | np.ndarray:
+    """Mean spikes per bin: one value for all neurons, or one per neuron from a range in Hz."""
+    if mean_rate_hz is None:
+        if mean_rate <= 0:
+            raise DataError(f"mean_rate={mean_rate} must be > 0 spikes per bin")
+        return mean_rate
+    if len(mean_rate_hz) != 2 or not 0 < mean_rate_hz[0] <= mean_rate_hz[1]:
+        raise DataError(f"mean_rate_hz={mean_rate_hz} must be [low, high] with 0 < low <= high")
+    per_bin = np.asarray(mean_rate_hz, dtype=float) * bin_size_ms / 1000.0
+    return rng.uniform(per_bin[0], per_bin[1], size=n_neurons)
+
+
 def _description(name: str, seed: int, params: dict[str, Any]) -> str:
     return f"synthetic {name} (lfads_lightning.data.synth); seed={seed}; params={json.dumps(params, sort_keys=True)}"
 
@@ -104,16 +122,20 @@ def lorenz(
     mean_rate: float = 0.75,
     max_rate: float = 5.0,
     bin_size_ms: float = 10.0,
+    mean_rate_hz: list[float] | None = None,
 ) -> dict[str, Any]:
     """Lorenz-attractor latents read out through exp(linear) into Poisson neurons.
 
     One trajectory per condition (one RK4 step of `dt` per bin, after `burn_in` steps from a
     random start so every condition lies on the attractor); each neuron's log-rate is scaled to
-    std `log_rate_std` and offset so its mean rate is `mean_rate` spikes per bin.
+    std `log_rate_std` and offset so its mean rate is `mean_rate` spikes per bin. With
+    `mean_rate_hz=[lo, hi]` each neuron's mean rate is instead drawn uniformly from lo..hi Hz
+    (converted with `bin_size_ms`): the sparse regime of real cortex, e.g. [1, 3] at 10 ms.
     """
     params = {k: v for k, v in locals().items() if k != "seed"}
     _check_common(n_neurons, n_heldout, n_forward, valid_every)
     rng = np.random.default_rng(seed)
+    mean_rate = _neuron_mean_rates(rng, n_neurons, mean_rate, mean_rate_hz, bin_size_ms)
     sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
 
     def deriv(x: np.ndarray) -> np.ndarray:
@@ -132,7 +154,7 @@ def lorenz(
 
     logits = latents @ rng.normal(size=(3, n_neurons))
     logits = logits.reshape(-1, n_neurons) * _readout_scale(
-        logits.reshape(-1, n_neurons), log_rate_std, np.log(max_rate / mean_rate)
+        logits.reshape(-1, n_neurons), log_rate_std, np.log(max_rate / np.max(mean_rate))
     )
     bias = np.log(mean_rate) - np.log(np.exp(logits).mean(axis=0))
     cond_rates = np.exp(logits + bias).reshape(n_conditions, n_total, n_neurons)
@@ -189,8 +211,43 @@ def chaotic_rnn(
     return {"splits": splits, "attrs": attrs}
 
 
+def lorenz_sparse(
+    seed: int = 0,
+    n_conditions: int = 40,
+    trials_per_condition: int = 20,
+    n_steps: int = 50,
+    n_neurons: int = 60,
+    n_heldout: int = 0,
+    n_forward: int = 0,
+    valid_every: int = 5,
+    mean_rate_hz: list[float] | None = None,
+    bin_size_ms: float = 10.0,
+    log_rate_std: float = 1.0,
+) -> dict[str, Any]:
+    """Lorenz in the regime real cortex shows: 60 neurons at 1-3 Hz in 10 ms bins (about 0.02
+    spikes per bin, against 0.75 for `lorenz`), 640 train / 160 valid trials."""
+    data = lorenz(
+        seed=seed,
+        n_conditions=n_conditions,
+        trials_per_condition=trials_per_condition,
+        n_steps=n_steps,
+        n_neurons=n_neurons,
+        n_heldout=n_heldout,
+        n_forward=n_forward,
+        valid_every=valid_every,
+        mean_rate_hz=[1.0, 3.0] if mean_rate_hz is None else mean_rate_hz,
+        bin_size_ms=bin_size_ms,
+        log_rate_std=log_rate_std,
+    )
+    data["attrs"]["description"] = data["attrs"]["description"].replace(
+        "synthetic lorenz", "synthetic lorenz-sparse", 1
+    )
+    return data
+
+
 GENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "lorenz": lorenz,
+    "lorenz-sparse": lorenz_sparse,
     "chaotic-rnn": chaotic_rnn,
 }
 
