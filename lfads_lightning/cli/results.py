@@ -130,7 +130,6 @@ def sample_checkpoint(
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """NLB metrics of a run's outputs (logged to it under eval/) or of one output file."""
-    import json
 
     from lfads_lightning.runs import tracking
 
@@ -165,7 +164,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             figures=not args.no_figures,
         )
         logged = not args.no_log
-    if args.json:
+    _print_evaluations(results, args.json)
+    where = (
+        f"run {results[0].run_id} (metrics {results[0].prefix}...)" if logged else _nowhere(args)
+    )
+    print(f"lfads: evaluation logged to {where}", file=sys.stderr)
+    return 0
+
+
+def _print_evaluations(results: list, as_json: bool) -> None:
+    import json
+
+    if as_json:
         payload = [
             {
                 "path": str(r.path),
@@ -176,19 +186,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for r in results
         ]
         print(json.dumps(payload, indent=2))
-    else:
-        from lfads_lightning.evaluation.tables import metrics_table
+        return
+    from lfads_lightning.evaluation.tables import metrics_table
 
-        for r in results:
-            print(f"{r.path}" + (f"  (run {r.run_id})" if r.run_id else ""))
-            print(metrics_table(r.metrics))
-            for p in r.figures:
-                print(f"figure: {p}")
-    where = (
-        f"run {results[0].run_id} (metrics {results[0].prefix}...)" if logged else _nowhere(args)
-    )
-    print(f"lfads: evaluation logged to {where}", file=sys.stderr)
-    return 0
+    for r in results:
+        print(f"{r.path}" + (f"  (run {r.run_id})" if r.run_id else ""))
+        print(metrics_table(r.metrics))
+        for p in r.figures:
+            print(f"figure: {p}")
 
 
 def _nowhere(args: argparse.Namespace) -> str:
