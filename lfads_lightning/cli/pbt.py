@@ -181,7 +181,6 @@ def _add_pbt(sub: argparse._SubParsersAction) -> None:
         "member jobs and leaves the run 'interrupted' for --resume.",
         [
             "lfads pbt configs/pbt_lorenz.yaml pbt.population=8",
-            "lfads pbt status RUN --all",
             "lfads pbt stop RUN",
             "lfads pbt --resume RUN",
         ],

@@ -217,7 +217,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         [
             "lfads sample RUN --data new_trials.h5 --out new_rates.h5",
             "lfads sample PBT_PARENT --data new_trials.h5",
-            "lfads sample RUN --n-samples 200",
             "lfads sample --checkpoint best.ckpt --config configs/lorenz.yaml --out resampled/",
         ],
         "docs/usage.md",

@@ -59,7 +59,7 @@ def finish(
 def _run_final_job(client: Any, parent: str, launcher: Any, spec: JobSpec) -> None:
     handle = launcher.submit(spec)
     try:
-        state = _wait_final(launcher, handle, spec)
+        state = _wait_final(client, parent, launcher, handle, spec)
     except BaseException:  # Ctrl-C, SIGTERM: the sampling job must not outlive the controller
         launcher.cancel(handle)
         raise
@@ -71,13 +71,16 @@ def _run_final_job(client: Any, parent: str, launcher: Any, spec: JobSpec) -> No
         )
 
 
-def _wait_final(launcher: Any, handle: Any, spec: JobSpec) -> JobState:
+def _wait_final(client: Any, parent: str, launcher: Any, handle: Any, spec: JobSpec) -> JobState:
     import time
+
+    from lfads_lightning.runs.schema import beat_controller
 
     start = last = time.monotonic()
     while not (state := launcher.poll(handle)).terminal:
-        if time.monotonic() - last >= 15.0:  # the job's own progress lines are in its log
+        if time.monotonic() - last >= 10.0:  # the job's own progress lines are in its log
             last = time.monotonic()
+            beat_controller(client, parent)  # alive: `lfads pbt stop` waits for this process
             where = f"; progress in {spec.log_dir}" if spec.log_dir else ""
             print(
                 f"lfads pbt: posterior sampling running ({last - start:.0f} s{where})",

@@ -56,9 +56,7 @@ def closed_outcome(run: Any) -> str | None:
 # ---------------------------------------------------------------------- the controller's tag
 
 
-def beat_controller(client: Any, parent: str) -> None:
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "beat": round(time.time(), 1)}
-    client.set_tag(parent, schema.CONTROLLER, json.dumps(info))
+beat_controller = schema.beat_controller
 
 
 def controller_info(run: Any) -> dict[str, Any]:

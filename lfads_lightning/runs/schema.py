@@ -58,9 +58,8 @@ FINAL_SAMPLED = P + "final_sampled"  # "1" once the best member's outputs are on
 # The checkpoint artifact a run's model is sampled from (a member: its last, which its fitness
 # measures; a fit: the best by valid/recon_smth). Written by the worker, read by `lfads sample`.
 BEST_CHECKPOINT = P + "best_checkpoint"
-# Parent runs: `lfads pbt stop` asks the controller to wind down (time of the request); the
-# controller records where it runs and beats (json {host, pid, beat}) so that `stop` and
-# `status` can tell whether it is alive.
+# Parent runs: `lfads pbt stop`'s request (its time); where the controller runs and when it
+# last beat (json {host, pid, beat}: `stop` and `status` tell whether it is alive).
 STOP_REQUESTED = P + "stop_requested"
 CONTROLLER = P + "controller"
 
@@ -95,19 +94,13 @@ class ParentState(enum.StrEnum):
     STOPPED = "stopped"  # (KILLED) `lfads pbt stop`: outputs of the best member so far; final
 
 
-PARENT_STATUS = {
-    ParentState.RUNNING: "RUNNING",
-    ParentState.FINISHED: "FINISHED",
-    ParentState.FAILED: "FAILED",
-    ParentState.INTERRUPTED: "KILLED",
-    ParentState.STOPPED: "KILLED",
-}
+_PS = ParentState
+PARENT_STATUS = {_PS.RUNNING: "RUNNING", _PS.FINISHED: "FINISHED", _PS.FAILED: "FAILED"}
+PARENT_STATUS.update({_PS.INTERRUPTED: "KILLED", _PS.STOPPED: "KILLED"})
 PARENT_TRANSITIONS: dict[ParentState, frozenset[ParentState]] = {
-    ParentState.RUNNING: frozenset(set(ParentState) - {ParentState.RUNNING}),
-    ParentState.INTERRUPTED: frozenset({ParentState.RUNNING, ParentState.STOPPED}),
-    ParentState.FINISHED: frozenset(),
-    ParentState.FAILED: frozenset(),
-    ParentState.STOPPED: frozenset(),
+    _PS.RUNNING: frozenset(set(_PS) - {_PS.RUNNING}),
+    _PS.INTERRUPTED: frozenset({_PS.RUNNING, _PS.STOPPED}),
+    **{final: frozenset() for final in (_PS.FINISHED, _PS.FAILED, _PS.STOPPED)},
 }
 
 
@@ -392,7 +385,16 @@ def best_checkpoint(run: Any, artifacts: list[str]) -> str | None:
     """The artifact to sample a run's model from: its BEST_CHECKPOINT tag, else
     checkpoints/best.ckpt, else checkpoints/last.ckpt (runs made before the tag existed)."""
     tagged = run.data.tags.get(BEST_CHECKPOINT)
-    for path in (tagged, "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
-        if path and path in artifacts:
-            return path
-    return None
+    found = [
+        p for p in (tagged, "checkpoints/best.ckpt", "checkpoints/last.ckpt") if p in artifacts
+    ]
+    return found[0] if found else None
+
+
+def beat_controller(client: Any, parent: str) -> None:
+    """The CONTROLLER tag of a parent: this process drives it, alive now."""
+    import os
+    import socket
+
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "beat": round(time.time(), 1)}
+    client.set_tag(parent, CONTROLLER, json.dumps(info))
