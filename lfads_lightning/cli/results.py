@@ -17,7 +17,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     run_id = args.run_id or args.run
     if bool(run_id) == bool(args.checkpoint):
-        raise ConfigError("give a run id (lfads sample RUN) or --checkpoint CKPT, not both")
+        raise ConfigError("give either a run id (lfads sample RUN) or --checkpoint CKPT.ckpt")
     if args.data and not Path(args.data).is_file():
         raise DataError(f"data file not found: {args.data}; pass an existing HDF5 file of trials")
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,12 @@ from lfads_lightning.config import LfadsConfig, config_from_dict, dump_yaml, fla
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig, validate_pbt
 from lfads_lightning.runs import tracking
-from lfads_lightning.runs.schema import ParentState, load_members, set_parent_state
+from lfads_lightning.runs.schema import (
+    IllegalTransition,
+    ParentState,
+    load_members,
+    set_parent_state,
+)
 
 # The controller (numpy, the PBT rules) is imported where it is used: `lfads pbt status`
 # imports this module and must stay fast.
@@ -172,7 +178,8 @@ def run_pbt(
         _drive(client, uri, parent, pbt, controller, run_dir)
     except LfadsError as err:
         client.set_tag(parent, "lfads.error", str(err))
-        set_parent_state(client, parent, ParentState.FAILED)
+        with contextlib.suppress(IllegalTransition):  # already final (stopped): it stays so
+            set_parent_state(client, parent, ParentState.FAILED)
         raise
     return parent
 
