@@ -162,11 +162,23 @@ class LocalLauncher(Launcher):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
 
-    def close(self) -> None:
-        """End idle warm slots (their stdin closes; a busy one finishes its job first)."""
+    def close(self, grace: float = 5.0) -> None:
+        """End the warm slots: stdin closes, so a busy one finishes its job first; an idle one
+        (no job: maybe still importing) is waited for and, after `grace` seconds, killed, so
+        that no `lfads serve` process outlives the controller."""
+        idle = []
         for slot in self._slots.values():
+            slot.drain()
             if slot.proc.stdin and not slot.proc.stdin.closed:
-                slot.proc.stdin.close()
+                with contextlib.suppress(OSError):
+                    slot.proc.stdin.close()
+            if slot.current is None:
+                idle.append(slot)
+        for slot in idle:
+            try:
+                slot.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _kill_group(slot.proc, grace)
         self._slots.clear()
 
     # ------------------------------------------------------------------ warm slots

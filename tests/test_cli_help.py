@@ -24,7 +24,8 @@ COMMANDS = dict(_subcommands(build_parser()))
 
 
 def test_the_commands_are_all_there():
-    assert {"lfads fit", "lfads pbt", "lfads pbt status", "lfads search", "lfads sample",
+    assert {"lfads fit", "lfads pbt", "lfads pbt status", "lfads pbt stop", "lfads search stop",
+            "lfads search", "lfads sample",
             "lfads evaluate", "lfads data synth", "lfads data nlb", "lfads ui"} <= set(COMMANDS)  # fmt: skip
 
 
@@ -69,3 +70,13 @@ def test_pbt_status_help_is_its_own():
     assert out.getvalue().startswith("usage: lfads pbt status")
     assert "PARENT_RUN_ID" in out.getvalue() and "--dry-run" not in out.getvalue()
     assert "pbt-status" not in build_parser().format_help()  # the routing name stays hidden
+
+
+@pytest.mark.parametrize("kind", ["pbt", "search"])
+def test_stop_help_is_its_own(kind):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([kind, "stop", "--help"])
+    assert out.getvalue().startswith(f"usage: lfads {kind} stop")
+    assert "PARENT_RUN_ID" in out.getvalue() and "--wait" in out.getvalue()
+    assert f"{kind}-stop" not in build_parser().format_help()  # the routing name stays hidden

@@ -43,7 +43,8 @@ def _member(uri: str, hparams: dict[str, float] | None = None) -> str:
 @pytest.mark.parametrize(
     ("old", "new"),
     [("queued", "running"), ("queued", "failed"), ("running", "finished"),
-     ("running", "failed"), ("finished", "exploited")],
+     ("running", "failed"), ("finished", "exploited"), ("queued", "stopped"),
+     ("running", "stopped")],
 )  # fmt: skip
 def test_allowed_edges(old, new):
     assert check_transition(old, new) is True
@@ -54,7 +55,8 @@ def test_allowed_edges(old, new):
     ("old", "new"),
     [("finished", "failed"), ("finished", "running"), ("failed", "running"),
      ("failed", "finished"), ("exploited", "finished"), ("running", "queued"),
-     ("queued", "finished")],
+     ("queued", "finished"), ("stopped", "running"), ("stopped", "failed"),
+     ("finished", "stopped"), ("failed", "stopped")],
 )  # fmt: skip
 def test_illegal_edges_raise(old, new):
     with pytest.raises(IllegalTransition):
@@ -87,6 +89,43 @@ def test_state_writes_follow_the_edges(store):
         set_state(client, run_id, State.RUNNING)
     set_state(client, run_id, State.EXPLOITED)
     assert client.get_run(run_id).data.tags["lfads.state"] == "exploited"
+
+
+def test_a_stopped_member_stays_stopped_when_its_worker_is_killed(store):
+    uri, client = store
+    run_id = _member(uri)
+    mark_submitted(client, run_id)
+    assert schema.mark_stopped(client, run_id)
+    # The worker's SIGTERM handling closes the run but cannot call it failed.
+    schema.mark_failed(uri, run_id, "worker stopped by SIGTERM", status="KILLED")
+    run = client.get_run(run_id)
+    assert (run.data.tags["lfads.state"], run.info.status) == ("stopped", "KILLED")
+    assert not schema.mark_stopped(client, run_id)  # already final
+    assert not member_from_run(run).done  # a resumed run redoes it
+
+
+def test_parent_states_follow_their_edges_and_set_the_mlflow_status(store):
+    uri, client = store
+    exp = client.create_experiment("p")
+    parent = client.create_run(exp, tags={"lfads.kind": "pbt", "lfads.state": "running"})
+    run_id = parent.info.run_id
+    for state, status in (("interrupted", "KILLED"), ("running", "RUNNING"), ("stopped", "KILLED")):
+        schema.set_parent_state(client, run_id, state)
+        run = client.get_run(run_id)
+        assert (run.data.tags["lfads.state"], run.info.status) == (state, status)
+    with pytest.raises(IllegalTransition):  # stopped is final
+        schema.set_parent_state(client, run_id, "running")
+
+
+def test_the_checkpoint_to_sample_is_the_tagged_one_else_best_else_last(store):
+    uri, client = store
+    run_id = _member(uri)
+    both = ["checkpoints/best.ckpt", "checkpoints/last.ckpt"]
+    assert schema.best_checkpoint(client.get_run(run_id), both) == "checkpoints/best.ckpt"
+    assert schema.best_checkpoint(client.get_run(run_id), both[1:]) == "checkpoints/last.ckpt"
+    assert schema.best_checkpoint(client.get_run(run_id), []) is None
+    schema.record_best_checkpoint(client, run_id, "checkpoints/last.ckpt")
+    assert schema.best_checkpoint(client.get_run(run_id), both) == "checkpoints/last.ckpt"
 
 
 def test_nan_fitness_is_recorded_but_not_usable(store):

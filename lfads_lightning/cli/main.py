@@ -42,6 +42,8 @@ def _route(argv: list[str]) -> list[str]:
     `lfads pbt --resume RUN` stay with the pbt parser."""
     if argv[:2] == ["pbt", "status"]:
         return [pbt.STATUS_COMMAND, *argv[2:]]
+    if argv[:2] in (["pbt", "stop"], ["search", "stop"]):
+        return [pbt.STOP_COMMANDS[argv[0]], *argv[2:]]
     return argv
 
 

@@ -20,6 +20,7 @@ from lfads_lightning.cli.common import (
 from lfads_lightning.errors import ConfigError
 
 STATUS_COMMAND = "pbt-status"  # the parser `lfads pbt status` is routed to
+STOP_COMMANDS = {"pbt": "pbt-stop", "search": "search-stop"}  # `lfads pbt stop`, `search stop`
 
 
 def cmd_pbt(args: argparse.Namespace) -> int:
@@ -115,6 +116,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _status(args)
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    """`lfads pbt stop RUN` / `lfads search stop RUN` (their own parsers)."""
+    from lfads_lightning.pbt.stop import stop_run
+    from lfads_lightning.runs import tracking
+
+    uri = tracking.resolve_uri(args.tracking_uri)
+    state = stop_run(uri, args.run_id, args.wait)
+    print(f"lfads: run {args.run_id} is {state}; `lfads pbt status {args.run_id}` shows it")
+    return 0
+
+
 def dry_run_yaml(
     launcher: str, sections: dict[str, Any], base: Any, pbt: Any, tracking_uri: str | None
 ) -> str:
@@ -158,16 +170,18 @@ def _add_pbt(sub: argparse._SubParsersAction) -> None:
     pbt = add_command(
         sub,
         "pbt",
-        "AutoLFADS: population-based training (also: lfads pbt status RUN)",
+        "AutoLFADS: population-based training (also: lfads pbt status|stop RUN)",
         "Population-based training of LFADS (AutoLFADS): a population of models trains in\n"
         "generations; after each one the worst members copy the best ones' checkpoints and\n"
         "perturbed hyperparameters. The population's state lives in MLflow, so re-running\n"
         "the same command (or --resume RUN) continues an unfinished run. Prints one line per\n"
         "event and one summary line per generation; ends with the best member's metrics table.\n"
-        "`lfads pbt status RUN` prints the population (see `lfads pbt status --help`).",
+        "`lfads pbt status RUN` prints the population (see `lfads pbt status --help`);\n"
+        "`lfads pbt stop RUN` ends it now with its best member so far. Ctrl-C stops the\n"
+        "member jobs and leaves the run 'interrupted' for --resume.",
         [
             "lfads pbt configs/pbt_lorenz.yaml pbt.population=8",
-            "lfads pbt status RUN --all",
+            "lfads pbt stop RUN",
             "lfads pbt --resume RUN",
         ],
         "docs/pbt.md",
@@ -245,7 +259,38 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     search.set_defaults(func=cmd_pbt)
 
 
+def _add_stop(sub: argparse._SubParsersAction, kind: str) -> None:
+    # `lfads pbt stop ...` / `lfads search stop ...` are rewritten to these (hidden).
+    what = "PBT" if kind == "pbt" else "search"
+    stop = add_command(
+        sub,
+        STOP_COMMANDS[kind],
+        None,
+        f"Stop a {what} run now: its running member jobs are cancelled through the launcher\n"
+        "and marked stopped, and the run is finished with its best member so far (posterior\n"
+        "sampling, report), state 'stopped' (final: --resume refuses it). A live controller\n"
+        "sees the request at its next poll and does this itself (this command waits for it);\n"
+        "without one, this command does it. Ctrl-C of the controller instead leaves the run\n"
+        "'interrupted', which --resume continues.",
+        [f"lfads {kind} stop RUN", f"lfads {kind} stop RUN --tracking-uri http://mlflow:5000"],
+        "docs/pbt.md",
+        prog=f"lfads {kind} stop",
+    )
+    stop.add_argument("run_id", metavar="PARENT_RUN_ID", help=f"the {what} run id to stop")
+    stop.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for a live controller to wind down (default 600)",
+    )
+    add_tracking_uri(stop, TRACKING_URI_HELP_NO_CONFIG)
+    stop.set_defaults(func=cmd_stop)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_pbt(sub)
     _add_status(sub)
     _add_search(sub)
+    _add_stop(sub, "pbt")
+    _add_stop(sub, "search")

@@ -12,48 +12,84 @@ from lfads_lightning.errors import ConfigError, DataError, LfadsError
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """Posterior-sample an existing run's best checkpoint (or a checkpoint file) again."""
+    """Posterior-sample a run's model (or a checkpoint file) on its data or on new trials."""
     import tempfile
 
-    from lfads_lightning.cli.common import resolve_paths
-    from lfads_lightning.config import load_config
-    from lfads_lightning.runs import tracking
-    from lfads_lightning.worker.setup import load_run_config
-
+    run_id = args.run_id or args.run
+    if bool(run_id) == bool(args.checkpoint):
+        raise ConfigError("give either a run id (lfads sample RUN) or --checkpoint CKPT.ckpt")
+    if args.data and not Path(args.data).is_file():
+        raise DataError(f"data file not found: {args.data}; pass an existing HDF5 file of trials")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.run:
-            uri = tracking.resolve_uri(args.tracking_uri)
-            _check_run_exists(uri, args.run)
-            tracking.check_store(uri, create=False)
-            client = tracking.client(uri)
-            try:
-                client.get_run(args.run)
-            except Exception:  # noqa: BLE001
-                raise LfadsError(
-                    f"MLflow run {args.run} not found in {uri}; check the run id and MLFLOW_TRACKING_URI"
-                ) from None
-            cfg = load_run_config(client, args.run)
-            try:
-                ckpt = client.download_artifacts(args.run, "checkpoints/best.ckpt", tmp)
-            except Exception:  # noqa: BLE001
-                raise LfadsError(
-                    f"run {args.run} has no checkpoints/best.ckpt artifact (did it finish?)"
-                ) from None
-            name = args.run
-        else:
-            if not args.config:
-                raise ConfigError("--checkpoint needs --config CONFIG.yaml for the data to sample")
-            cfg = resolve_paths(load_config(args.config, []))
-            ckpt = args.checkpoint
-            if not Path(ckpt).is_file():
-                raise DataError(f"checkpoint not found: {ckpt}; pass an existing .ckpt file")
-            name = Path(ckpt).stem
+        cfg, ckpt, name, meta = (
+            _run_checkpoint(args, run_id, tmp) if run_id else _file_checkpoint(args)
+        )
         n_samples = args.n_samples or cfg.output.n_samples
-        out_dir = Path(args.out or Path(cfg.output.dir) / name / "resampled")
-        written = sample_checkpoint(cfg, ckpt, out_dir, n_samples)
+        if args.data:
+            written = [_sample_data(args, cfg, ckpt, name, n_samples, meta)]
+        else:
+            out_dir = Path(args.out or Path(cfg.output.dir) / name / "resampled")
+            written = sample_checkpoint(cfg, ckpt, out_dir, n_samples, meta)
     for path in written:
         print(f"lfads: wrote {path}", file=sys.stderr)
     return 0
+
+
+def _run_checkpoint(args: argparse.Namespace, run_id: str, tmp: str) -> tuple:
+    """(config, checkpoint file, output name, attrs) of a run: its model's best checkpoint."""
+    from lfads_lightning.runs import tracking
+    from lfads_lightning.worker.resample import model_run
+    from lfads_lightning.worker.setup import load_run_config
+
+    uri = tracking.resolve_uri(args.tracking_uri)
+    _check_run_exists(uri, run_id)
+    tracking.check_store(uri, create=False)
+    client = tracking.client(uri)
+    try:
+        client.get_run(run_id)
+    except Exception:  # noqa: BLE001
+        raise LfadsError(
+            f"MLflow run {run_id} not found in {uri}; check the run id and MLFLOW_TRACKING_URI"
+        ) from None
+    model, artifact = model_run(client, run_id)
+    cfg = load_run_config(client, model)
+    ckpt = client.download_artifacts(model, artifact, tmp)
+    if model != run_id:
+        print(f"lfads: sampling run {run_id}'s best member {model} ({artifact})", file=sys.stderr)
+    meta = {"mlflow_run_id": run_id, "lfads_model_run": model, "lfads_checkpoint": artifact}
+    return cfg, ckpt, run_id, meta
+
+
+def _file_checkpoint(args: argparse.Namespace) -> tuple:
+    from lfads_lightning.cli.common import resolve_paths
+    from lfads_lightning.config import LfadsConfig, load_config
+
+    if not args.config and not args.data:
+        raise ConfigError("--checkpoint needs --config CONFIG.yaml (the data) or --data NEW.h5")
+    cfg = resolve_paths(load_config(args.config, [])) if args.config else LfadsConfig()
+    if not Path(args.checkpoint).is_file():
+        raise DataError(f"checkpoint not found: {args.checkpoint}; pass an existing .ckpt file")
+    meta = {"lfads_checkpoint": str(Path(args.checkpoint).resolve())}
+    return cfg, args.checkpoint, Path(args.checkpoint).stem, meta
+
+
+def _sample_data(
+    args: argparse.Namespace, cfg: Any, ckpt: str, name: str, n_samples: int, meta: dict
+) -> Path:
+    """`--data NEW.h5`: the trials checked against the model, sampled, written to --out."""
+    from lfads_lightning.data.infer import sha256
+    from lfads_lightning.worker.checkpoint import load_module
+    from lfads_lightning.worker.resample import data_tag, sample_trials
+    from lfads_lightning.worker.setup import set_threads
+
+    set_threads(cfg.train.threads)
+    out = Path(args.out) if args.out else Path(cfg.output.dir) / name / "samples"
+    if out.suffix not in (".h5", ".hdf5"):
+        out = out / f"lfads_output_{data_tag(args.data, sha256(args.data))}.h5"
+    if out.resolve() == Path(args.data).resolve():
+        raise ConfigError(f"--out {out} is the --data file itself; choose another output path")
+    module = load_module(ckpt, map_location="cpu")
+    return sample_trials(module, args.data, out, n_samples, args.session, meta, cfg.data.batch_size)
 
 
 def _check_run_exists(uri: str, run_id: str) -> None:
@@ -70,7 +106,9 @@ def _check_run_exists(uri: str, run_id: str) -> None:
             pass
 
 
-def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> list[Path]:
+def sample_checkpoint(
+    cfg: Any, ckpt: str, out_dir: Path, n_samples: int, meta: dict | None = None
+) -> list[Path]:
     from lfads_lightning.worker.checkpoint import load_module
     from lfads_lightning.worker.sampling import sample_all, write_output
     from lfads_lightning.worker.setup import datamodule_for, set_threads
@@ -84,7 +122,7 @@ def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> lis
             out_dir / f"lfads_output_{Path(s.path).stem}.h5",
             s.path,
             per_split,
-            {"n_samples": n_samples},
+            {"n_samples": n_samples, **(meta or {})},
         )
         for s, per_split in zip(dm.sessions, outputs, strict=True)
     ]
@@ -92,7 +130,6 @@ def sample_checkpoint(cfg: Any, ckpt: str, out_dir: Path, n_samples: int) -> lis
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """NLB metrics of a run's outputs (logged to it under eval/) or of one output file."""
-    import json
 
     from lfads_lightning.runs import tracking
 
@@ -127,7 +164,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             figures=not args.no_figures,
         )
         logged = not args.no_log
-    if args.json:
+    _print_evaluations(results, args.json)
+    where = (
+        f"run {results[0].run_id} (metrics {results[0].prefix}...)" if logged else _nowhere(args)
+    )
+    print(f"lfads: evaluation logged to {where}", file=sys.stderr)
+    return 0
+
+
+def _print_evaluations(results: list, as_json: bool) -> None:
+    import json
+
+    if as_json:
         payload = [
             {
                 "path": str(r.path),
@@ -138,39 +186,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for r in results
         ]
         print(json.dumps(payload, indent=2))
-    else:
-        from lfads_lightning.evaluation.tables import metrics_table
+        return
+    from lfads_lightning.evaluation.tables import metrics_table
 
-        for r in results:
-            print(f"{r.path}" + (f"  (run {r.run_id})" if r.run_id else ""))
-            print(metrics_table(r.metrics))
-            for p in r.figures:
-                print(f"figure: {p}")
-    where = f"run {results[0].run_id} (metrics eval/...)" if logged else "nowhere (printed only)"
-    print(f"lfads: evaluation logged to {where}", file=sys.stderr)
-    return 0
+    for r in results:
+        print(f"{r.path}" + (f"  (run {r.run_id})" if r.run_id else ""))
+        print(metrics_table(r.metrics))
+        for p in r.figures:
+            print(f"figure: {p}")
+
+
+def _nowhere(args: argparse.Namespace) -> str:
+    if args.no_log:
+        return "nowhere (--no-log)"
+    return "nowhere (printed only: the file names no run of this tracking store)"
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     sample = add_command(
         sub,
         "sample",
-        "posterior-sample a trained model again into HDF5",
-        "Posterior-sample a trained model again (e.g. with more samples): the best checkpoint\n"
-        "of a finished run (--run), or a checkpoint file with a config naming the data. Writes\n"
-        "one lfads_output_<data>.h5 per data file (input data + inferred rates, factors,\n"
-        "inputs), ready for `lfads evaluate FILE`. Shows progress over samples x batches.",
+        "posterior-sample a trained model (its data, or new trials) into HDF5",
+        "Posterior-sample a trained model: a run's best checkpoint (a fit run; a PBT member;\n"
+        "a PBT/search parent = its best member, the best so far while it runs), or a\n"
+        "checkpoint file. Without --data: the run's own data, one lfads_output_<data>.h5 per\n"
+        "data file. With --data NEW.h5: a file holding only the trials to infer (encod_data;\n"
+        "optional recon_data, behavior, cond_idx), checked against the model's neurons and\n"
+        "bins; the output records the run and the file's sha256, so `lfads evaluate FILE`\n"
+        "logs its metrics to that run as eval/<data>-<sha8>/...",
         [
-            "lfads sample --run RUN --n-samples 200",
+            "lfads sample RUN --data new_trials.h5 --out new_rates.h5",
+            "lfads sample PBT_PARENT --data new_trials.h5",
             "lfads sample --checkpoint best.ckpt --config configs/lorenz.yaml --out resampled/",
         ],
         "docs/usage.md",
     )
-    src = sample.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="RUN_ID", help="MLflow run id of a finished fit")
-    src.add_argument("--checkpoint", metavar="CKPT", help="a .ckpt file (needs --config)")
+    sample.add_argument(
+        "run_id", nargs="?", metavar="RUN", help="a fit run, a PBT member or a PBT/search parent"
+    )
+    sample.add_argument("--run", metavar="RUN_ID", help="the same as RUN (kept for old scripts)")
+    sample.add_argument("--checkpoint", metavar="CKPT", help="a .ckpt file instead of a run")
     sample.add_argument(
         "--config", metavar="CONFIG.yaml", help="with --checkpoint: the config naming the data"
+    )
+    sample.add_argument(
+        "--data",
+        metavar="NEW.h5",
+        help="an HDF5 file of the trials to infer (encod_data [trials, bins, held-in neurons])",
+    )
+    sample.add_argument(
+        "--session",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --data and a multi-session model: the session (readin) the trials are from",
     )
     sample.add_argument(
         "--n-samples",
@@ -180,8 +249,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     sample.add_argument(
         "--out",
-        metavar="DIR",
-        help="output directory (default: <output.dir>/<run or checkpoint name>/resampled)",
+        metavar="FILE|DIR",
+        help="with --data: the output file (default <output.dir>/<run>/samples/"
+        "lfads_output_<data>-<sha8>.h5); else the output directory (default "
+        "<output.dir>/<run or checkpoint name>/resampled)",
     )
     add_tracking_uri(sample, TRACKING_URI_HELP_NO_CONFIG)
     sample.set_defaults(func=cmd_sample)

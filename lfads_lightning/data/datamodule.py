@@ -217,3 +217,20 @@ class LfadsDataModule(L.LightningDataModule):
                 f"ask for one of those or add {split}_encod_data to the file"
             )
         return self._loader(split, [session], batch_size or self.batch_size, shuffle=False)
+
+
+def trials_loader(
+    sess: SessionData, split: str, session: int, batch_size: int, sv_rate: float, sv_seed: int
+) -> DataLoader:
+    """One split of a file of trials to infer (data/infer.py), in trial order, as batches of
+    the model's session `session` (its readin/readout)."""
+    code = SPLITS.index(split)
+    tensors = _build_tensors(sess, sess.splits[split], session, code, sv_rate, sv_seed)
+    sampler = SessionBatchSampler([len(tensors.encod_data)], batch_size, shuffle=False)
+    return DataLoader(
+        _SessionsDataset([tensors], [session]),
+        batch_size=None,
+        sampler=sampler,
+        collate_fn=_identity,
+        num_workers=0,
+    )

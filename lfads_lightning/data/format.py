@@ -69,25 +69,29 @@ class SessionData:
     description: str = ""
 
     @property
+    def ref(self) -> SplitData:
+        """train; in a file of trials to infer (`lfads sample --data`), its first split."""
+        return self.splits.get("train") or next(iter(self.splits.values()))
+
+    @property
     def encod_dim(self) -> int:
-        return int(self.splits["train"].encod_data.shape[2])
+        return int(self.ref.encod_data.shape[2])
 
     @property
     def encod_seq_len(self) -> int:
-        return int(self.splits["train"].encod_data.shape[1])
+        return int(self.ref.encod_data.shape[1])
 
     @property
     def recon_dim(self) -> int:
-        return int(self.splits["train"].recon_data.shape[2])
+        return int(self.ref.recon_data.shape[2])
 
     @property
     def recon_seq_len(self) -> int:
-        return int(self.splits["train"].recon_data.shape[1])
+        return int(self.ref.recon_data.shape[1])
 
     @property
     def ext_input_dim(self) -> int:
-        ext = self.splits["train"].ext_input
-        return 0 if ext is None else int(ext.shape[2])
+        return 0 if self.ref.ext_input is None else int(self.ref.ext_input.shape[2])
 
 
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
@@ -163,7 +167,7 @@ def _shape_error(path: Path, name: str, shape: tuple, expected: tuple) -> DataEr
 
 
 def validate_arrays(
-    path: Path, data: Mapping[str, np.ndarray], recon: str | None = "poisson"
+    path: Path, data: Mapping[str, np.ndarray], recon: str | None = "poisson", req=REQUIRED_SPLITS
 ) -> dict[str, SplitData]:
     """Check the flat `{split_field: array}` mapping of one file; return typed splits.
 
@@ -176,7 +180,7 @@ def validate_arrays(
             f"unknown reconstruction distribution {recon!r}; use one of {', '.join(RECON_CHECKS)}"
         )
     check = RECON_CHECKS.get(recon) if recon is not None else None
-    _check_present(path, data)
+    _check_present(path, data, req)
     _check_ndims(path, data)
     splits = [s for s in SPLITS if f"{s}_encod_data" in data]
     dims = {s: _split_dims(path, data, s) for s in splits}
@@ -196,8 +200,8 @@ def validate_arrays(
     return out
 
 
-def _check_present(path: Path, data: Mapping[str, np.ndarray]) -> None:
-    required = [f"{s}_{f}" for s in REQUIRED_SPLITS for f in ("encod_data", "recon_data")]
+def _check_present(path: Path, data: Mapping[str, np.ndarray], splits=REQUIRED_SPLITS) -> None:
+    required = [f"{s}_{f}" for s in splits for f in ("encod_data", "recon_data")]
     missing = [name for name in required if name not in data]
     missing += [
         f"{s}_encod_data"
@@ -227,11 +231,8 @@ def _split_dims(path: Path, data: Mapping[str, np.ndarray], s: str) -> dict[str,
     rec = data.get(f"{s}_recon_data")
     n = enc.shape[0]
     if n == 0:
-        fix = (
-            "add trials (the train split is required and cannot be dropped)"
-            if s == "train"
-            else "add trials or drop the split"
-        )
+        required = " (the train split is required and cannot be dropped)" if s == "train" else ""
+        fix = f"add trials{required or ' or drop the split'}"
         raise DataError(f"{path}: split '{s}' has 0 trials ({s}_encod_data is empty); {fix}")
     d = {"T_enc": enc.shape[1], "C_enc": enc.shape[2]}
     if rec is not None:
@@ -255,13 +256,13 @@ def _split_dims(path: Path, data: Mapping[str, np.ndarray], s: str) -> dict[str,
 def _check_consistent(
     path: Path, data: Mapping[str, np.ndarray], splits: list[str], dims: dict[str, dict[str, int]]
 ) -> dict[str, int]:
-    """Every split shares train's bins, channels and external inputs; returns train's dims."""
-    ref = dims["train"]
+    """Every split shares train's (the first split's) bins, channels, external inputs."""
+    ref = dims[splits[0]]
     for s in splits[1:]:
         for key, value in dims[s].items():
             if key in ref and value != ref[key]:
                 raise DataError(
-                    f"{path}: splits disagree on {key}: train has {ref[key]}, {s} has {value}; "
+                    f"{path}: splits disagree on {key}: {splits[0]} has {ref[key]}, {s} has {value}; "
                     f"all splits must share bins, channels and external inputs"
                 )
     n_beh = {s: data[f"{s}_behavior"].shape[2] for s in splits if f"{s}_behavior" in data}
@@ -315,13 +316,11 @@ def _read_attrs(path: Path, attrs: Mapping[str, Any]) -> tuple[float, int, str]:
             f"{path}: attribute bin_size_ms={bin_size} must be > 0 and behavior_lag_bins={lag} >= 0; fix the attributes"
         )
     desc = attrs.get("description", "")
-    if isinstance(desc, bytes):
-        desc = desc.decode("utf-8", "replace")
-    return bin_size, lag, str(desc)
+    return bin_size, lag, desc.decode("utf-8", "replace") if isinstance(desc, bytes) else str(desc)
 
 
-def load_session(path: str | Path, recon: str = "poisson") -> SessionData:
-    """Read and validate one session file; raises DataError naming the problem and the fix."""
+def load_session(path: str | Path, recon: str = "poisson", required=REQUIRED_SPLITS) -> SessionData:
+    """Read and validate one session file (`required=()`: any splits); one-line DataErrors."""
     path = Path(path)
     if path.is_dir():
         raise DataError(
@@ -360,7 +359,7 @@ def load_session(path: str | Path, recon: str = "poisson") -> SessionData:
             f"regenerate or reconvert it"
         ) from None
     bin_size, lag, desc = _read_attrs(path, attrs)
-    splits = validate_arrays(path, data, recon)
+    splits = validate_arrays(path, data, recon, required)
     return SessionData(path, splits, bin_size, lag, desc)
 
 

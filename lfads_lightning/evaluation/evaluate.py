@@ -37,6 +37,9 @@ class Evaluation:
     metrics: dict[str, float]
     run_id: str | None = None
     figures: list[Path] = field(default_factory=list)
+    # Where the metrics go on the run: eval/, or eval/<data>-<sha8>/ for new trials (the
+    # `lfads_data_tag` attr `lfads sample --data` writes), so each data file keeps its own.
+    prefix: str = EVAL_PREFIX
 
 
 def read_output(path: str | Path) -> tuple[SessionData, dict[str, dict[str, np.ndarray]], dict]:
@@ -44,7 +47,7 @@ def read_output(path: str | Path) -> tuple[SessionData, dict[str, dict[str, np.n
     path = Path(path)
     if not path.is_file():
         raise DataError(f"output file not found: {path}; pass an lfads_output_*.h5 or a run id")
-    session = load_session(path)
+    session = load_session(path, required=())
     outputs: dict[str, dict[str, np.ndarray]] = {}
     with h5py.File(path, "r") as f:
         attrs = dict(f.attrs)
@@ -97,7 +100,13 @@ def evaluate_output(path: str | Path, psth_sd_ms: float = DEFAULT_PSTH_SD_MS) ->
     if psth is not None and math.isfinite(psth):
         values["valid_psth_r2"] = psth
     run_id = attrs.get("mlflow_run_id")
-    return Evaluation(Path(path), dict(sorted(values.items())), str(run_id) if run_id else None)
+    tag = attrs.get("lfads_data_tag")
+    return Evaluation(
+        Path(path),
+        dict(sorted(values.items())),
+        str(run_id) if run_id else None,
+        prefix=f"{EVAL_PREFIX}{tag}/" if tag else EVAL_PREFIX,
+    )
 
 
 def make_figures(path: str | Path, fig_dir: Path, tag: str) -> list[Path]:
@@ -130,19 +139,33 @@ def make_figures(path: str | Path, fig_dir: Path, tag: str) -> list[Path]:
     ]
 
 
-def _run_outputs(client: Any, run_id: str, tmp: str) -> list[Path]:
+def _run_outputs(client: Any, run: Any, tmp: str) -> list[Path]:
     """Download the run's outputs/*.h5 artifacts."""
+    run_id = run.info.run_id
     try:
         listed = client.list_artifacts(run_id, "outputs")
     except Exception:  # noqa: BLE001
         listed = []
     names = [a.path for a in listed if a.path.endswith(".h5")]
     if not names:
-        raise LfadsError(
-            f"run {run_id} has no outputs/*.h5 artifact (unfinished, or a PBT member: evaluate "
-            f"its PBT parent run, or run `lfads sample --run {run_id}` and evaluate the file)"
-        )
+        raise LfadsError(_no_outputs(run))
     return [Path(client.download_artifacts(run_id, name, tmp)) for name in names]
+
+
+def _no_outputs(run: Any) -> str:
+    """Why a run has no outputs yet, and the command that gets some."""
+    run_id, tags = run.info.run_id, run.data.tags
+    kind, state = tags.get("lfads.kind", "fit"), tags.get("lfads.state", run.info.status.lower())
+    sample = f"`lfads sample {run_id}` samples its model; then `lfads evaluate FILE`"
+    if kind in ("pbt", "search"):
+        return (
+            f"PBT run {run_id} has no outputs yet (state {state}): `lfads pbt status {run_id}` "
+            f"shows it, `lfads pbt stop {run_id}` ends it with its best member so far, or "
+            f"{sample.replace('its model', 'its best member so far')}"
+        )
+    if kind == "pbt_member":
+        return f"run {run_id} is a PBT member: members keep no outputs; {sample}"
+    return f"run {run_id} has no outputs/*.h5 artifact (state {state}, unfinished?); {sample}"
 
 
 def _prefix(n_files: int, index: int) -> str:
@@ -161,7 +184,7 @@ def evaluate_run(
     from lfads_lightning.runs import tracking
 
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except Exception:  # noqa: BLE001
         raise LfadsError(
             f"MLflow run {run_id} not found in {client.tracking_uri}; check the run id and "
@@ -171,7 +194,7 @@ def evaluate_run(
 
     results = []
     with tempfile.TemporaryDirectory(prefix="lfads-eval-") as tmp:
-        paths = _run_outputs(client, run_id, tmp)
+        paths = _run_outputs(client, run, tmp)
         # Steps per output file: metrics, figures, logging to MLflow.
         progress = Progress(f"evaluating run {run_id}", 3 * len(paths), "steps", interval=0)
         for i, path in enumerate(paths):
@@ -208,10 +231,11 @@ def log_file_evaluation(client: Any, result: Evaluation) -> bool:
     except Exception:  # noqa: BLE001 - the file came from another store: print only
         return False
     tracking.log_metrics(
-        client, result.run_id, {EVAL_PREFIX + k: v for k, v in result.metrics.items()}
+        client, result.run_id, {result.prefix + k: v for k, v in result.metrics.items()}
     )
+    figure_dir = FIGURE_DIR + "/" + result.prefix.removeprefix(EVAL_PREFIX).rstrip("/")
     for fig in result.figures:
-        client.log_artifact(result.run_id, str(fig), FIGURE_DIR)
+        client.log_artifact(result.run_id, str(fig), figure_dir.rstrip("/"))
     return True
 
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from launchers import JobHandle, JobSpec, JobState
 from lfads_lightning import faults
-from lfads_lightning.config import LfadsConfig, dump_yaml
+from lfads_lightning.config import LfadsConfig
 from lfads_lightning.errors import LfadsError
+from lfads_lightning.pbt import lifecycle
 from lfads_lightning.pbt.config import PbtConfig, with_hparams
 from lfads_lightning.pbt.decisions import decide, decisions_path
 from lfads_lightning.pbt.rules import PopulationFailed, should_stop
@@ -35,6 +36,7 @@ from lfads_lightning.runs.schema import (
     FINISHED,
     QUEUED,
     RUNNING,
+    STOPPED,
     MemberRun,
     MemberTags,
     P,
@@ -195,13 +197,31 @@ class Controller:
 
     def scheduler(self) -> Scheduler:
         return Scheduler(
-            self._submit, self._check, self._fail, self.concurrency, self.poll_interval
-        )
+            self._submit, self._check, self._fail, self.concurrency, self.poll_interval,
+            stop=self.check_stop,
+        )  # fmt: skip
+
+    def check_stop(self) -> None:
+        """Each pass: refresh the controller's tag; a stop request raises StopRequested."""
+        run = self.client.get_run(self.parent)
+        if lifecycle.stop_requested(run):
+            raise lifecycle.StopRequested(self.parent)
+        if (
+            time.time() - lifecycle.controller_info(run).get("beat", 0)
+            >= lifecycle.CONTROLLER_BEAT_S
+        ):
+            lifecycle.beat_controller(self.client, self.parent)
 
     def _resume(
         self, generation: int, latest: dict[int, MemberRun]
     ) -> tuple[list[MemberRun], list[MemberRun]]:
         """(queued, running) members of a generation; adopts the jobs a killed controller left."""
+        for key, m in sorted(latest.items()):  # stopped by Ctrl-C or SIGTERM: run it again
+            if m.state == STOPPED:
+                self._log(
+                    f"generation {generation}: member {m.member} was stopped; running it again"
+                )
+                latest[key] = m.retry(self._new_attempt(m))
         pending = [m for _, m in sorted(latest.items()) if m.state == QUEUED]
         running = [
             m for _, m in sorted(latest.items())
@@ -253,10 +273,7 @@ class Controller:
         )
 
     def _handle(self, m: MemberRun) -> JobHandle:
-        info = {k: v for k, v in m.job.items() if k not in ("launcher", "job_id", "submitted_at")}
-        return JobHandle(
-            m.job.get("launcher", self.launcher.name), str(m.job.get("job_id", "")), m.run_id, info
-        )
+        return lifecycle.handle_of(m, self.launcher.name)
 
     def _adopt(self, m: MemberRun) -> None:
         self.launcher.adopt(self._handle(m))
@@ -265,22 +282,10 @@ class Controller:
         if m.job.get("launcher", self.launcher.name) == self.launcher.name:
             self.launcher.cancel(self._handle(m))
 
-    @staticmethod
-    def _closed_outcome(run: Any) -> str | None:
-        """FINISHED or a failure reason for a closed run; None while it is RUNNING."""
-        status = run.info.status
-        if status == "FINISHED":
-            if not schema.is_finite(run.data.metrics.get(schema.FITNESS_METRIC)):
-                return "finished without a finite fitness"
-            return FINISHED
-        if status in ("FAILED", "KILLED"):
-            return run.data.tags.get(P + "error", f"run {status}")
-        return None
-
     def _check(self, m: MemberRun) -> str | None:
         """None while running; FINISHED; or a failure reason."""
         run = self.client.get_run(m.run_id)
-        outcome = self._closed_outcome(run)
+        outcome = lifecycle.closed_outcome(run)
         if outcome is not None:
             if m.job.get("job_id") and m.job.get("launcher") == self.launcher.name:
                 self.launcher.release(self._handle(m))
@@ -295,7 +300,7 @@ class Controller:
             job_state = self.launcher.poll(self._handle(m))
         if job_state.terminal or job_state == JobState.UNKNOWN:
             time.sleep(0.5)  # the worker may be closing its run right now
-            outcome = self._closed_outcome(self.client.get_run(m.run_id))
+            outcome = lifecycle.closed_outcome(self.client.get_run(m.run_id))
             how = self.launcher.describe(self._handle(m))
             return outcome or f"job ended ({how}) without closing its run"
         if job_state == JobState.PENDING:  # waiting in a cluster queue: nothing to beat yet
@@ -315,24 +320,25 @@ class Controller:
         schema.mark_failed(self.uri, m.run_id, reason)
         if m.job.get("job_id"):
             self._cancel(m)
-        if m.attempt < self.pbt.retries:
+        stopped = sum(  # stopped attempts (Ctrl-C, then --resume) are no failures
+            1 for x in load_members(self.client, self.parent)
+            if (x.member, x.generation, x.state) == (m.member, m.generation, STOPPED)
+        )  # fmt: skip
+        failures = m.attempt + 1 - stopped
+        if failures <= self.pbt.retries:
             self._log(
                 f"generation {m.generation}: member {m.member} attempt {m.attempt} failed ({reason}); retrying"
             )
-            return m.retry(
-                self.create_member_run(
-                    m.member,
-                    m.generation,
-                    m.hparams,
-                    m.copied_from,
-                    m.copied_from_member,
-                    attempt=m.attempt + 1,
-                )  # fmt: skip
-            )
+            return m.retry(self._new_attempt(m))
         self._log(
             f"generation {m.generation}: member {m.member} failed after {m.attempt + 1} attempt(s): {reason}"
         )
         return None
+
+    def _new_attempt(self, m: MemberRun) -> str:
+        return self.create_member_run(
+            m.member, m.generation, m.hparams, m.copied_from, m.copied_from_member, m.attempt + 1
+        )
 
     # ------------------------------------------------------------------ exploit / explore
 
@@ -389,10 +395,3 @@ class Controller:
 
 def _fmt(value: float | None) -> str:
     return "failed" if value is None else f"{value:.5g}"
-
-
-def write_pbt_artifacts(client: Any, parent: str, base: LfadsConfig, pbt: PbtConfig) -> None:
-    import yaml
-
-    client.log_text(parent, dump_yaml(base), tracking.CONFIG_ARTIFACT)
-    client.log_text(parent, yaml.safe_dump(dataclasses.asdict(pbt), sort_keys=False), PBT_ARTIFACT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,12 @@ from lfads_lightning.config import LfadsConfig, config_from_dict, dump_yaml, fla
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig, validate_pbt
 from lfads_lightning.runs import tracking
-from lfads_lightning.runs.schema import load_members
+from lfads_lightning.runs.schema import (
+    IllegalTransition,
+    ParentState,
+    load_members,
+    set_parent_state,
+)
 
 # The controller (numpy, the PBT rules) is imported where it is used: `lfads pbt status`
 # imports this module and must stay fast.
@@ -30,8 +36,11 @@ def config_hash(base: LfadsConfig, pbt: PbtConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def find_unfinished(client: Any, base: LfadsConfig, digest: str, kind: str = "pbt") -> str | None:
-    """A running PBT parent of this exact config: re-running the command resumes it."""
+def find_unfinished(
+    client: Any, base: LfadsConfig, digest: str, kind: str = "pbt", interrupted: bool = False
+) -> str | None:
+    """A running (or Ctrl-C'd: `interrupted`) PBT parent of this exact config: re-running the
+    command resumes it."""
     exp = client.get_experiment_by_name(base.tracking.experiment)
     if exp is None:
         return None
@@ -39,7 +48,11 @@ def find_unfinished(client: Any, base: LfadsConfig, digest: str, kind: str = "pb
         [exp.experiment_id],
         filter_string=(
             f"tags.`lfads.kind` = '{kind}' and tags.`lfads.config_hash` = '{digest}' "
-            "and attributes.status = 'RUNNING'"
+            + (
+                "and tags.`lfads.state` = 'interrupted'"
+                if interrupted
+                else "and attributes.status = 'RUNNING'"
+            )
         ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -73,13 +86,16 @@ def create_parent(
         },
         extra_params=params,
     )
-    from lfads_lightning.pbt.controller import write_pbt_artifacts
-
     client = tracking.client(uri)
     write_pbt_artifacts(client, run_id, base, pbt)
     # A resumed run must reach the same cluster with the same job settings.
     client.log_text(run_id, yaml.safe_dump(launcher_options or {}), LAUNCHER_ARTIFACT)
     return run_id
+
+
+def write_pbt_artifacts(client: Any, parent: str, base: LfadsConfig, pbt: PbtConfig) -> None:
+    client.log_text(parent, dump_yaml(base), tracking.CONFIG_ARTIFACT)
+    client.log_text(parent, yaml.safe_dump(dataclasses.asdict(pbt), sort_keys=False), PBT_ARTIFACT)
 
 
 def load_parent(
@@ -133,16 +149,16 @@ def run_pbt(
 ) -> str:
     """Run (or resume) PBT, or with `search` an Optuna search, to the end; returns the parent id."""
     from lfads_lightning.pbt.controller import Controller
-    from lfads_lightning.pbt.finish import finish
 
     client = tracking.client(uri)
     if parent is None:
         parent = _open_parent(
             client, base, pbt, uri, launcher_name, search, n_trials, launcher_options
         )
+    _reopen(client, parent)
     run_dir = Path(base.output.dir) / parent
     log_dir = str(run_dir / "logs")
-    launcher = _make_launcher(launcher_name, launcher_options)
+    launcher = make_launcher(launcher_name, launcher_options)
     concurrency = pbt.concurrency or launcher.default_concurrency(pbt.population)
     threads = base.train.threads or launcher.default_threads(concurrency)
     if launcher_name == "local" and not base.train.threads:
@@ -159,24 +175,71 @@ def run_pbt(
     else:
         controller = Controller(*args, log_dir=log_dir)
     try:
+        _drive(client, uri, parent, pbt, controller, run_dir)
+    except LfadsError as err:
+        client.set_tag(parent, "lfads.error", str(err))
+        with contextlib.suppress(IllegalTransition):  # already final (stopped): it stays so
+            set_parent_state(client, parent, ParentState.FAILED)
+        raise
+    return parent
+
+
+def _drive(client: Any, uri: str, parent: str, pbt: PbtConfig, controller: Any, run_dir: Path):
+    """Run the controller to the end and finish; on a stop request finish with the best member
+    so far; on Ctrl-C/SIGTERM stop the members and mark the parent interrupted (lifecycle)."""
+    import signal
+
+    from lfads_lightning.errors import Terminated, raise_on_signals, restore_signals
+    from lfads_lightning.pbt import lifecycle
+    from lfads_lightning.pbt.finish import finish
+
+    launcher = controller.launcher
+    previous = raise_on_signals(signal.SIGTERM, signal.SIGHUP)
+    lifecycle.beat_controller(client, parent)
+    try:
         try:
             best_run = controller.run()
+            finish(client, uri, parent, best_run, pbt, launcher, controller.final_spec(), run_dir)
+        except lifecycle.StopRequested:
+            controller._log("stop requested: stopping the member jobs")
+            lifecycle.stop_members(client, parent, launcher, "stopped by lfads pbt stop")
             spec = controller.final_spec()
-            finish(client, uri, parent, best_run, pbt, launcher, spec, run_dir)
+            lifecycle.finish_stopped(client, uri, parent, pbt, launcher, spec, run_dir)
+    except (KeyboardInterrupt, Terminated) as stop:
+        # A second Ctrl-C must not cut the wind-down short: the state must be truthful.
+        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        why = "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else stop.name
+        try:
+            lifecycle.stop_members(client, parent, launcher, f"controller interrupted ({why})")
+            lifecycle.mark_interrupted(client, parent, why)
         finally:
-            launcher.close()
-    except LfadsError as err:
-        client.set_tag(parent, "lfads.state", "failed")
-        client.set_tag(parent, "lfads.error", str(err))
-        client.set_terminated(parent, status="FAILED")
-        raise
-    except KeyboardInterrupt:
+            restore_signals(ignored)
         print(
-            f"lfads pbt: interrupted; running member jobs continue. Resume with: lfads pbt --resume {parent}",
+            f"lfads pbt: {why}: member jobs stopped, run {parent} is interrupted. Resume with: "
+            f"lfads pbt --resume {parent}",
             file=sys.stderr,
         )
         raise
-    return parent
+    finally:
+        launcher.close()
+        restore_signals(previous)
+
+
+def _reopen(client: Any, parent: str) -> None:
+    """A resumed parent runs again, unless it was stopped (final: its outputs are the best
+    member at the stop) or a stop is pending."""
+    from lfads_lightning.runs.schema import STOP_REQUESTED
+
+    tags = client.get_run(parent).data.tags
+    state = tags.get("lfads.state", "running")
+    if state == ParentState.STOPPED or STOP_REQUESTED in tags:
+        raise LfadsError(
+            f"PBT run {parent} was stopped with `lfads pbt stop` and cannot be resumed; its "
+            f"outputs are its best member at the stop: start a new run to train further"
+        )
+    if state == ParentState.INTERRUPTED:
+        set_parent_state(client, parent, ParentState.RUNNING)
+        client.set_tag(parent, "lfads.resumed_after_interrupt", "1")
 
 
 def _open_parent(
@@ -192,6 +255,7 @@ def _open_parent(
     """The unfinished parent run of this exact config (re-running resumes it), else a new one."""
     digest = config_hash(base, pbt) + (f"-{search}-{n_trials}" if search else "")
     parent = find_unfinished(client, base, digest, "search" if search else "pbt")
+    parent = parent or find_unfinished(client, base, digest, "search" if search else "pbt", True)
     if parent:
         print(f"lfads pbt: resuming unfinished PBT run {parent} (same config)", file=sys.stderr)
         return parent
@@ -205,13 +269,16 @@ def _open_parent(
     return parent
 
 
-def _make_launcher(name: str, launcher_options: dict[str, dict[str, Any]] | None) -> Any:
+def make_launcher(
+    name: str, launcher_options: dict[str, dict[str, Any]] | None, warm: bool = True
+) -> Any:
     from launchers import get_launcher
 
     options = dict((launcher_options or {}).get(name) or {})
     if name == "local":
         # Warm workers: a member job would otherwise pay interpreter start + imports each time.
-        options.setdefault("warm", os.environ.get("LFADS_LOCAL_WARM", "1") != "0")
+        warm = warm and os.environ.get("LFADS_LOCAL_WARM", "1") != "0"
+        options.setdefault("warm", warm)
     return get_launcher(name, **options)
 
 
@@ -241,7 +308,35 @@ def _status_text(run: Any, members: list[Any], generations: str) -> str:
         f"PBT run {run.info.run_id}: state {tags.get('lfads.state', '?')} ({run.info.status}), "
         f"{population} members, {len({m.generation for m in members})} generation(s) started"
     )
-    return head + "\n" + report.status_table(members, space_keys, generations=generations)
+    return (
+        head
+        + _controller_line(run)
+        + "\n"
+        + report.status_table(members, space_keys, generations=generations)
+    )
+
+
+def _controller_line(run: Any) -> str:
+    """Whether anything drives the run now, and what to do if nothing does."""
+    from lfads_lightning.pbt import lifecycle
+
+    run_id, tags = run.info.run_id, run.data.tags
+    state = tags.get("lfads.state", "running")
+    if state == ParentState.INTERRUPTED:
+        return (
+            f"\ninterrupted ({tags.get('lfads.interrupted', '?')}): member jobs were stopped; "
+            f"continue with `lfads pbt --resume {run_id}`, or end it with `lfads pbt stop {run_id}`"
+        )
+    if run.info.status != "RUNNING":
+        return ""
+    if lifecycle.controller_alive(run):
+        info = lifecycle.controller_info(run)
+        stopping = ", stopping" if lifecycle.stop_requested(run) else ""
+        return f"\ncontroller: pid {info.get('pid')} on {info.get('host')}{stopping}"
+    return (
+        f"\nno controller is running (killed?); member jobs it left may still run: continue with "
+        f"`lfads pbt --resume {run_id}`, or end it with `lfads pbt stop {run_id}`"
+    )
 
 
 def final_results(client: Any, parent: str) -> tuple[dict[str, float], dict[str, str]]:

@@ -13,7 +13,7 @@ from lfads_lightning.pbt.config import PbtConfig
 from lfads_lightning.runs import tracking
 from lfads_lightning.runs.schema import BEST_RUN as BEST_RUN_TAG
 from lfads_lightning.runs.schema import FINAL_SAMPLED as SAMPLED_TAG
-from lfads_lightning.runs.schema import load_members
+from lfads_lightning.runs.schema import load_members, set_parent_state
 
 
 def finish(
@@ -25,8 +25,10 @@ def finish(
     launcher: Any,
     spec: JobSpec,
     run_dir: Path,
+    final_state: str = "finished",
 ) -> None:
-    """Posterior-sample the best member onto the parent (a worker job), report, close."""
+    """Posterior-sample the best member onto the parent (a worker job), report, close (state
+    finished, or stopped after `lfads pbt stop`: lifecycle.finish_stopped)."""
     members = load_members(client, parent)
     best = next(m for m in members if m.run_id == best_run)
     client.set_tag(parent, BEST_RUN_TAG, best_run)
@@ -46,23 +48,39 @@ def finish(
     tracking.log_metrics(client, parent, summary)
     print("lfads pbt: writing the report (figures, summary.csv)", file=sys.stderr, flush=True)
     _write_report(client, parent, members, pbt, run_dir)
-    client.set_tag(parent, tracking.TAG_PREFIX + "state", "finished")
-    client.set_terminated(parent, status="FINISHED")
+    set_parent_state(client, parent, final_state)
     print(
-        f"lfads pbt: finished {parent}: best member {best.member} (run {best_run}), "
+        f"lfads pbt: {final_state} {parent}: best member {best.member} (run {best_run}), "
         f"fitness {best.fitness:.6g}; report in {run_dir / 'report'}",
         file=sys.stderr,
     )
 
 
 def _run_final_job(client: Any, parent: str, launcher: Any, spec: JobSpec) -> None:
+    handle = launcher.submit(spec)
+    try:
+        state = _wait_final(client, parent, launcher, handle, spec)
+    except BaseException:  # Ctrl-C, SIGTERM: the sampling job must not outlive the controller
+        launcher.cancel(handle)
+        raise
+    if state != JobState.SUCCEEDED or client.get_run(parent).data.tags.get(SAMPLED_TAG) != "1":
+        where = f" (log: {spec.log_dir}/{parent}.log)" if spec.log_dir else ""
+        raise LfadsError(
+            f"posterior sampling of the best member failed (job {state.value}){where}; "
+            f"resume with: lfads pbt --resume {parent}"
+        )
+
+
+def _wait_final(client: Any, parent: str, launcher: Any, handle: Any, spec: JobSpec) -> JobState:
     import time
 
-    handle = launcher.submit(spec)
+    from lfads_lightning.runs.schema import beat_controller
+
     start = last = time.monotonic()
     while not (state := launcher.poll(handle)).terminal:
-        if time.monotonic() - last >= 15.0:  # the job's own progress lines are in its log
+        if time.monotonic() - last >= 10.0:  # the job's own progress lines are in its log
             last = time.monotonic()
+            beat_controller(client, parent)  # alive: `lfads pbt stop` waits for this process
             where = f"; progress in {spec.log_dir}" if spec.log_dir else ""
             print(
                 f"lfads pbt: posterior sampling running ({last - start:.0f} s{where})",
@@ -70,12 +88,7 @@ def _run_final_job(client: Any, parent: str, launcher: Any, spec: JobSpec) -> No
                 flush=True,
             )
         time.sleep(1.0)
-    if state != JobState.SUCCEEDED or client.get_run(parent).data.tags.get(SAMPLED_TAG) != "1":
-        where = f" (log: {spec.log_dir}/{parent}.log)" if spec.log_dir else ""
-        raise LfadsError(
-            f"posterior sampling of the best member failed (job {state.value}){where}; "
-            f"resume with: lfads pbt --resume {parent}"
-        )
+    return state
 
 
 def _write_report(

@@ -5,7 +5,7 @@
 submits what fits as one batch (the SLURM launcher sends a batch as one job array), checks each
 running member once per pass, and hands a failed attempt to `fail`, which returns the retry to
 queue (or None: given up). `on_done(member, outcome)` is called once per member that finished or
-was given up. The launcher is reached only through the `submit`, `check` and `fail` callables
+was given up. `stop()` is called once per pass and ends the loop by raising (`lfads pbt stop`). The launcher is reached only through the `submit`, `check` and `fail` callables
 (the controller's methods), so the loop itself knows neither MLflow nor a launcher.
 """
 
@@ -31,8 +31,10 @@ class Scheduler:
         fail: Fail,
         concurrency: int = 1,
         poll_interval: float = 1.0,
+        stop: Callable[[], None] | None = None,
     ) -> None:
         self.submit, self.check, self.fail = submit, check, fail
+        self.stop = stop  # called once per pass; raises to end the loop (a stop request)
         self.concurrency = max(1, concurrency)
         self.poll_interval = poll_interval
 
@@ -48,6 +50,8 @@ class Scheduler:
         active = {m.member: m for m in running}
         asking = ask is not None
         while True:
+            if self.stop is not None:
+                self.stop()
             batch: list[MemberRun] = []
             while len(active) + len(batch) < self.concurrency and (queue or asking):
                 m = queue.popleft() if queue else ask()  # type: ignore[misc]

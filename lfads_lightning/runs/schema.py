@@ -17,10 +17,12 @@ States (`State`) and who moves them:
     running  -> finished   worker, with a finite fitness
     running  -> failed     worker (crash, NaN), controller (hung, job gone)
     finished -> exploited  controller, when the member lost its generation's selection
+    queued   -> stopped    controller or `lfads pbt stop` (stop request, Ctrl-C), before the
+    running  -> stopped    job is cancelled; a resumed run redoes a stopped attempt (attempt + 1)
 A retry is a new run (attempt + 1), so nothing moves back to queued.
 
 Guarantees: a state tag only moves along these edges (`set_state` raises `IllegalTransition`
-otherwise; writing the current state again is a no-op); failed and exploited are final and a
+otherwise; writing the current state again is a no-op); failed, exploited and stopped are final and a
 finished run never changes again except finished -> exploited; a finished run has a finite
 fitness (`is_finite`: the one finiteness check). The check reads the current state first; MLflow
 has no compare-and-swap, which is why each edge above has one kind of writer per situation.
@@ -53,6 +55,13 @@ INTERRUPTED_AT = P + "interrupted_at_epoch"
 # job (worker/final.py) says when its outputs are logged; the controller then closes the parent.
 BEST_RUN = P + "best_run"
 FINAL_SAMPLED = P + "final_sampled"  # "1" once the best member's outputs are on the parent
+# The checkpoint artifact a run's model is sampled from (a member: its last, which its fitness
+# measures; a fit: the best by valid/recon_smth). Written by the worker, read by `lfads sample`.
+BEST_CHECKPOINT = P + "best_checkpoint"
+# Parent runs: `lfads pbt stop`'s request (its time); where the controller runs and when it
+# last beat (json {host, pid, beat}: `stop` and `status` tell whether it is alive).
+STOP_REQUESTED = P + "stop_requested"
+CONTROLLER = P + "controller"
 
 
 class State(enum.StrEnum):
@@ -61,21 +70,37 @@ class State(enum.StrEnum):
     FINISHED = "finished"
     FAILED = "failed"
     EXPLOITED = "exploited"
+    STOPPED = "stopped"
 
 
-QUEUED, RUNNING, FINISHED, FAILED, EXPLOITED = (
-    State.QUEUED,
-    State.RUNNING,
-    State.FINISHED,
-    State.FAILED,
-    State.EXPLOITED,
-)
+QUEUED, RUNNING, FINISHED, FAILED, EXPLOITED, STOPPED = tuple(State)
 TRANSITIONS: dict[State, frozenset[State]] = {
-    QUEUED: frozenset({RUNNING, FAILED}),
-    RUNNING: frozenset({FINISHED, FAILED}),
+    QUEUED: frozenset({RUNNING, FAILED, STOPPED}),
+    RUNNING: frozenset({FINISHED, FAILED, STOPPED}),
     FINISHED: frozenset({EXPLOITED}),
     FAILED: frozenset(),
     EXPLOITED: frozenset(),
+    STOPPED: frozenset(),
+}
+
+
+class ParentState(enum.StrEnum):
+    """The `lfads.state` of a PBT/search parent run (MLflow status in brackets)."""
+
+    RUNNING = "running"  # (RUNNING) a controller drives it, or one was SIGKILLed
+    FINISHED = "finished"  # (FINISHED) ran to its end: outputs and report
+    FAILED = "failed"  # (FAILED) the population could not continue
+    INTERRUPTED = "interrupted"  # (KILLED) Ctrl-C/SIGTERM of the controller; --resume continues
+    STOPPED = "stopped"  # (KILLED) `lfads pbt stop`: outputs of the best member so far; final
+
+
+_PS = ParentState
+PARENT_STATUS = {_PS.RUNNING: "RUNNING", _PS.FINISHED: "FINISHED", _PS.FAILED: "FAILED"}
+PARENT_STATUS.update({_PS.INTERRUPTED: "KILLED", _PS.STOPPED: "KILLED"})
+PARENT_TRANSITIONS: dict[ParentState, frozenset[ParentState]] = {
+    _PS.RUNNING: frozenset(set(_PS) - {_PS.RUNNING}),
+    _PS.INTERRUPTED: frozenset({_PS.RUNNING, _PS.STOPPED}),
+    **{final: frozenset() for final in (_PS.FINISHED, _PS.FAILED, _PS.STOPPED)},
 }
 
 
@@ -178,6 +203,7 @@ class MemberRun:
 
     @property
     def done(self) -> bool:
+        """Finished or given up; a stopped attempt is not done: a resumed run redoes it."""
         return self.state in (FINISHED, EXPLOITED, FAILED)
 
     @property
@@ -327,3 +353,48 @@ def record_fitness(client: Any, run_id: str, fitness: float, step: int) -> bool:
     client.log_metric(run_id, FITNESS_METRIC, fitness if ok else math.nan, step=step)
     client.set_tag(run_id, P + "fitness", f"{fitness:.6g}" if ok else "nan")
     return ok
+
+
+def mark_stopped(client: Any, run_id: str) -> bool:
+    """queued/running -> stopped (a stop request or Ctrl-C); False if the run is already final."""
+    current = State(client.get_run(run_id).data.tags.get(P + "state", QUEUED))
+    if STOPPED not in TRANSITIONS[current]:
+        return False
+    client.set_tag(run_id, P + "state", str(STOPPED))
+    return True
+
+
+def set_parent_state(client: Any, run_id: str, state: ParentState | str) -> None:
+    """Move a parent along PARENT_TRANSITIONS and set the matching MLflow status."""
+    state = ParentState(state)
+    current = ParentState(client.get_run(run_id).data.tags.get(P + "state", "running"))
+    if current != state and state not in PARENT_TRANSITIONS[current]:
+        raise IllegalTransition(f"PBT parent run state cannot move {current} -> {state}")
+    client.set_tag(run_id, P + "state", str(state))
+    if state == ParentState.RUNNING:
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=PARENT_STATUS[state])
+
+
+def record_best_checkpoint(client: Any, run_id: str, artifact_path: str) -> None:
+    client.set_tag(run_id, BEST_CHECKPOINT, artifact_path)
+
+
+def best_checkpoint(run: Any, artifacts: list[str]) -> str | None:
+    """The artifact to sample a run's model from: its BEST_CHECKPOINT tag, else
+    checkpoints/best.ckpt, else checkpoints/last.ckpt (runs made before the tag existed)."""
+    tagged = run.data.tags.get(BEST_CHECKPOINT)
+    found = [
+        p for p in (tagged, "checkpoints/best.ckpt", "checkpoints/last.ckpt") if p in artifacts
+    ]
+    return found[0] if found else None
+
+
+def beat_controller(client: Any, parent: str) -> None:
+    """The CONTROLLER tag of a parent: this process drives it, alive now."""
+    import os
+    import socket
+
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "beat": round(time.time(), 1)}
+    client.set_tag(parent, CONTROLLER, json.dumps(info))

@@ -45,7 +45,8 @@ def run_worker(run_id: str, uri: str) -> int:
         return _run(run_id, uri)
     except Terminated as sig:
         restore_signals(previous)
-        schema.mark_failed(uri, run_id, f"worker stopped by {sig.name}", status="KILLED")
+        if not _is_parent(uri, run_id):  # a parent's controller closes it (interrupted/stopped)
+            schema.mark_failed(uri, run_id, f"worker stopped by {sig.name}", status="KILLED")
         print(
             f"lfads: worker stopped by {sig.name}; run {run_id} is marked KILLED", file=sys.stderr
         )
@@ -55,6 +56,14 @@ def run_worker(run_id: str, uri: str) -> int:
         return sig.exit_code
     finally:
         restore_signals(previous)
+
+
+def _is_parent(uri: str, run_id: str) -> bool:
+    try:
+        run = tracking.client(uri).get_run(run_id)
+    except Exception:  # noqa: BLE001 - the store is gone: nothing to close either way
+        return False
+    return run.data.tags.get(tracking.TAG_PREFIX + "kind") in PARENT_KINDS
 
 
 def _run(run_id: str, uri: str) -> int:

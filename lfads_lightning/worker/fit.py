@@ -63,6 +63,12 @@ def fit_run(cfg: LfadsConfig, run_id: str, uri: str) -> dict[str, float]:
     for path in (ckpt.best_model_path, ckpt.last_model_path):
         if path:
             client.log_artifact(run_id, path, "checkpoints")
+    if ckpt.best_model_path:
+        from lfads_lightning.runs import schema
+
+        schema.record_best_checkpoint(
+            client, run_id, f"checkpoints/{Path(ckpt.best_model_path).name}"
+        )
     return summary
 
 

@@ -145,4 +145,6 @@ def _train(
         path = Path(work) / "last.ckpt"
         trainer.save_checkpoint(path)
         client.log_artifact(run_id, str(path), "checkpoints")
+        # Its fitness is measured at this last epoch: this is the member's model to sample.
+        schema.record_best_checkpoint(client, run_id, CHECKPOINT_ARTIFACT)
     return module, trainer

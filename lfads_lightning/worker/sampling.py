@@ -16,7 +16,7 @@ import torch
 
 from lfads_lightning.atomic import atomic_path
 from lfads_lightning.data.datamodule import LfadsDataModule
-from lfads_lightning.data.format import SPLITS
+from lfads_lightning.data.format import SPLITS, SessionData
 from lfads_lightning.model.module import LfadsModule
 
 OUTPUT_KEYS = ("rates", "factors", "gen_states", "co_means", "ic_mean", "ic_std")
@@ -126,5 +126,31 @@ def write_output(
                 )
         dst.attrs["lfads_source_file"] = str(Path(source_path).resolve())
         for key, value in (attrs or {}).items():
+            dst.attrs[key] = value
+    return out_path
+
+
+def write_trials_output(
+    out_path: str | Path,
+    session: SessionData,
+    outputs: dict[str, dict[str, np.ndarray]],
+    source_attrs: dict,
+    attrs: dict,
+) -> Path:
+    """A file of inferred trials (`lfads sample --data`): the validated trials as
+    `<split>_<field>` (a session file's layout, so `lfads evaluate` reads it) + the outputs."""
+    out_path = Path(out_path)
+    arrays = {
+        f"{split}_{name}": value
+        for split, data in session.splits.items()
+        for name, value in vars(data).items()
+        if value is not None
+    }
+    arrays.update({f"{s}_{k}": v for s, values in outputs.items() for k, v in values.items()})
+    needed = sum(a.nbytes for a in arrays.values())
+    with atomic_path(out_path, needed) as tmp, h5py.File(tmp, "w") as dst:
+        for name, array in arrays.items():
+            dst.create_dataset(name, data=array, compression="gzip", compression_opts=1)
+        for key, value in {**source_attrs, **attrs}.items():
             dst.attrs[key] = value
     return out_path
