@@ -11,7 +11,7 @@ import pytest
 
 from lfads_lightning.pbt import experiment
 from lfads_lightning.runs import fastread, tracking
-from lfads_lightning.runs.schema import load_members, member_from_run
+from lfads_lightning.runs.schema import load_members, member_from_run, space_keys
 from tests.helpers import lfads
 
 SPACE = [{"key": "train.lr"}, {"key": "model.dropout_rate"}]
@@ -54,7 +54,10 @@ def _population(uri: str) -> str:
                 },
             )
             fitness = math.nan if (g, m) == (0, 1) else 0.5 - 0.1 * g + 0.01 * m
-            client.log_batch(run.info.run_id, metrics=[Metric("pbt/fitness", fitness, now, 0)])
+            params = [Param("train.lr", str(1e-3 * (m + 1))), Param("model.dropout_rate", "0.1")]
+            client.log_batch(
+                run.info.run_id, metrics=[Metric("pbt/fitness", fitness, now, 0)], params=params
+            )
             client.set_terminated(run.info.run_id, "FINISHED")
     gone = client.create_run(exp, tags={"mlflow.parentRunId": parent, "lfads.member": "9"})
     client.delete_run(gone.info.run_id)
@@ -73,8 +76,11 @@ def _check_same_as_mlflow(uri: str) -> None:
     run = fastread.get_run(uri, parent)
     assert run is not None and run.data.params["pbt.population"] == "3"
     assert run.data.tags["lfads.kind"] == "pbt"
+    keys = space_keys(run)
     fast = [
-        member_from_run(r) for r in fastread.child_runs(uri, run) if "lfads.member" in r.data.tags
+        member_from_run(r, keys)
+        for r in fastread.child_runs(uri, run, keys)
+        if "lfads.member" in r.data.tags
     ]
     slow = load_members(client, parent)
     assert sorted(map(_key, fast)) == sorted(map(_key, slow))
@@ -82,6 +88,8 @@ def _check_same_as_mlflow(uri: str) -> None:
     text = experiment.status_at(uri, parent, "all")
     assert text == experiment.status(client, parent, "all")
     assert "copied from 0" in text and "continued" in text
+    # the searched hyperparameters come from the members' params, on both paths
+    assert {m.hparams["train.lr"] for m in fast} == {1e-3, 2e-3, 3e-3}
     assert fastread.get_run(uri, "0" * 32) is None
     with pytest.raises(experiment.LfadsError, match="not found"):
         experiment.status_at(uri, "0" * 32)

@@ -363,7 +363,7 @@ def status_at(uri: str, parent: str, generations: str = "latest") -> str:
     """`lfads pbt status`: read sqlite and http stores without MLflow (under a second for 400
     member runs, see benchmarks/bench_status.py); other stores through MlflowClient."""
     from lfads_lightning.runs import fastread
-    from lfads_lightning.runs.schema import P, member_from_run
+    from lfads_lightning.runs.schema import P, member_from_run, space_keys
 
     tracking.require_existing(uri)
     if fastread.supported(uri):
@@ -371,8 +371,9 @@ def status_at(uri: str, parent: str, generations: str = "latest") -> str:
             run = fastread.get_run(uri, parent)
             if run is None:
                 raise _not_found(parent, uri)
-            children = fastread.child_runs(uri, run)
-            members = [member_from_run(r) for r in children if P + "member" in r.data.tags]
+            keys = space_keys(run)  # the searched keys, read from each member's params
+            children = fastread.child_runs(uri, run, keys)
+            members = [member_from_run(r, keys) for r in children if P + "member" in r.data.tags]
             return _status_text(run, members, generations)
         except fastread.FastReadUnavailable:
             pass

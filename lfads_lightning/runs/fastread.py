@@ -65,11 +65,13 @@ def get_run(uri: str, run_id: str) -> RunView | None:
     raise FastReadUnavailable(uri)
 
 
-def child_runs(uri: str, parent: RunView) -> list[RunView]:
-    """Every active run whose mlflow.parentRunId is `parent` (tags and latest metrics; params
-    are left out: nobody reading a population needs them)."""
+def child_runs(
+    uri: str, parent: RunView, param_keys: list[str] | tuple[str, ...] = ()
+) -> list[RunView]:
+    """Every active run whose mlflow.parentRunId is `parent`: tags, latest metrics, and of the
+    params only `param_keys` (the searched hyperparameters status shows; the rest is not read)."""
     if uri.startswith("sqlite:///"):
-        return _sqlite_children(uri, parent.info.run_id)
+        return _sqlite_children(uri, parent.info.run_id, tuple(param_keys))
     if uri.startswith(("http://", "https://")):
         return _http_children(uri, parent)
     raise FastReadUnavailable(uri)
@@ -121,7 +123,7 @@ def _sqlite_get_run(uri: str, run_id: str) -> RunView | None:
     return RunView(RunInfo(row[0], str(row[1]), row[2], row[3], row[4] or "active"), data)
 
 
-def _sqlite_children(uri: str, parent_id: str) -> list[RunView]:
+def _sqlite_children(uri: str, parent_id: str, param_keys: tuple[str, ...]) -> list[RunView]:
     con = _connect(uri)
     children = (
         "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
@@ -146,6 +148,17 @@ def _sqlite_children(uri: str, parent_id: str) -> list[RunView]:
             (parent_id,),
         ):
             runs[run_id].data.metrics[key] = _metric(value, nan)
+        wanted = ",".join("?" * len(param_keys))
+        for run_id, key, value in (
+            con.execute(
+                f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({children}) "
+                f"AND key IN ({wanted})",
+                (parent_id, *param_keys),
+            )
+            if param_keys
+            else ()
+        ):
+            runs[run_id].data.params[key] = value
     except sqlite3.Error as err:
         raise FastReadUnavailable(str(err)) from None
     finally:
