@@ -158,6 +158,9 @@ def tests_k8s(session: nox.Session) -> None:
     _install(session)
     session.chdir(ROOT)
     cluster = str(ROOT / "tools" / "k8s" / "cluster.sh")
+    image = ROOT / "tools" / "image.sh"
+    if image.exists():  # the pods' image: built or reused, exported where cluster.sh imports it
+        session.run("bash", str(image), "build", env={"PYTHON": PYTHON}, external=True)
     session.run("bash", cluster, "start", env={"PYTHON": PYTHON}, external=True)
     try:
         session.run(PYTHON, "-m", "pytest", "-m", "k8s", "-q", "--durations=15", *session.posargs)

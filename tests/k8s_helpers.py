@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 RUN = Path(os.environ.get("LFADS_K8S_RUN", Path.home() / ".cache" / "lfads-k8s" / "run"))
 KUBECONFIG = Path(os.environ.get("LFADS_K8S_KUBECONFIG", RUN / "kubeconfig"))
 # What cluster.sh imports from $LFADS_IMAGE_ARCHIVE (tools/image.sh builds it).
@@ -30,14 +31,30 @@ def host_ip() -> str:
     return path.read_text().strip()
 
 
-def kube_options(faults: str = "", data_dir: Path | None = None, **extra: Any) -> dict[str, Any]:
+def kube_options(
+    faults: str = "", data_dir: Path | None = None, source: bool = False, **extra: Any
+) -> dict[str, Any]:
     """A `kubernetes:` section for the test cluster: our image as it was imported (never pulled),
     a quarter core requested and one core as the limit, `faults` as the pods' LFADS_FAULTS
     (lfads_lightning/faults.py). `data_dir` is mounted read-only at its own path (a hostPath), so
-    the resolved data paths of the config hold in the pod too."""
+    the resolved data paths of the config hold in the pod too. `source`: the pods run this
+    checkout's package (read-only hostPath first on PYTHONPATH) in the image's environment, for
+    tests of code newer than the image that was built."""
     if not KUBECONFIG.is_file():
         pytest.fail(f"no test cluster: {KUBECONFIG} missing; run tools/k8s/cluster.sh start")
+    present = RUN / "images" / "present"
+    if IMAGE not in (present.read_text().split() if present.is_file() else []):
+        pytest.fail(
+            f"image {IMAGE} is not in the cluster's containerd; build it (tools/image.sh build) "
+            "or set LFADS_IMAGE_ARCHIVE, then tools/k8s/cluster.sh start"
+        )
     volumes = list(extra.pop("volumes", []))
+    env = {"LFADS_FAULTS": faults} if faults else {}
+    if source:
+        env["PYTHONPATH"] = str(ROOT)
+        volumes.append(
+            {"name": "source", "host_path": str(ROOT), "mount_path": str(ROOT), "read_only": True}
+        )
     if data_dir is not None:
         data_dir.chmod(0o755)  # pytest makes it 0700 (root's); the pod runs as uid 1000
         volumes.append(
@@ -52,7 +69,7 @@ def kube_options(faults: str = "", data_dir: Path | None = None, **extra: Any) -
         "cpu": "250m",
         "cpu_limit": "1",
         "memory": WORKER_MEMORY,
-        "env": {"LFADS_FAULTS": faults} if faults else {},
+        "env": env,
         "ttl_seconds_after_finished": 300,
         "volumes": volumes,
         **extra,

@@ -76,10 +76,13 @@ def test_worker_pod_is_non_root_on_a_read_only_root_without_capabilities(tmp_pat
 def test_member_over_its_memory_limit_is_oomkilled_and_retried(tmp_path, data_dir, server):
     """Member 1's first attempt fills memory (fault `oom`) past the pod's limit: the kernel kills
     it, the kubelet reports OOMKilled, the Job fails; PBT records the attempt FAILED, retries it,
-    and the population finishes."""
+    and the population finishes. The `oom` fault is newer than the image the tests may be given:
+    the pods run this checkout's package (`source=True`)."""
     root, _ = project(tmp_path, data_dir, {})
     faults = "member.start[member=1,generation=0,attempt=0]=oom"
-    write_config(root, pbt_config(population=2, generations=1), data_dir, faults=faults)
+    write_config(
+        root, pbt_config(population=2, generations=1), data_dir, faults=faults, source=True
+    )
     recorder = JobRecorder()
     proc = lfads("pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root)
     assert proc.returncode == 0, proc.stderr[-4000:]

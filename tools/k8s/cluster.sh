@@ -189,6 +189,7 @@ images() {
   else
     say "no image archive at $IMAGE_ARCHIVE (LFADS_IMAGE_ARCHIVE): pods of that image cannot start"
   fi
+  ctr_ images list -q >"$RUN/images/present"  # what pods can run (the tests check theirs is)
 }
 
 start_containerd() {
