@@ -14,7 +14,8 @@
 # State in $LFADS_K8S_RUN (default ~/.cache/lfads-k8s/run); kubeconfig at $LFADS_K8S_RUN/kubeconfig;
 # the pods' gateway to this host (where they reach e.g. an MLflow server bound to it) in
 # $LFADS_K8S_RUN/host-ip. The image: the OCI archive $LFADS_IMAGE_ARCHIVE (default
-# ~/.cache/lfads-image/lfads-cpu.oci.tar, as `podman save --format oci-archive` writes it).
+# ~/.cache/lfads-image/lfads-cpu.oci.tar, as `podman save --format oci-archive` writes it),
+# named $LFADS_IMAGE (default localhost/lfads-lightning:cpu) in containerd's k8s.io namespace.
 # Images stay in containerd's store across stop/start; containers, pods and etcd do not.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -70,7 +71,7 @@ stop_part() {
     say "stopping $p ($(cat "$RUN/$p.pid"))"
     kill -TERM -- "-$(cat "$RUN/$p.pid")" 2>/dev/null || kill -TERM "$(cat "$RUN/$p.pid")" || true
     for _ in $(seq 50); do alive "$p" || break; sleep 0.1; done
-    alive "$p" && kill -KILL -- "-$(cat "$RUN/$p.pid")" 2>/dev/null
+    if alive "$p"; then kill -KILL -- "-$(cat "$RUN/$p.pid")" 2>/dev/null || true; fi
   fi
   rm -f "$RUN/$p.pid"
 }
@@ -99,7 +100,7 @@ stop() {
   # mounts left by pods (emptyDirs, rootfs overlays, netns bind mounts), deepest first
   awk -v a="$RUN/" -v b="$STATE/" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' /proc/mounts \
     | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  rm -rf "$STATE" "$RUN/kubelet" "$RUN/cni/ipam"
+  rm -rf "$STATE" "$RUN/kubelet" "$RUN/cni/ipam" "$SOCK" "$SOCK.ttrpc"
   ip link del "$BRIDGE" 2>/dev/null || true
   # the kubelet's pod cgroups (empty now), deepest first
   find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
@@ -119,8 +120,9 @@ write_containerd_config() {
             "ranges": [[{"subnet": "$SUBNET_PREFIX.0/24", "gateway": "$HOST_IP"}]]}}]}
 CNI
   # restrict_oom_score_adj: the kubelet asks for oom_score_adj -998/-997 for sandboxes and
-  # Guaranteed pods; lowering it needs CAP_SYS_RESOURCE, which this machine's root lacks (runc:
-  # "write /proc/self/oom_score_adj: permission denied"): clamp to containerd's own value.
+  # Guaranteed pods; lowering it needs CAP_SYS_RESOURCE, which this machine's root lacks (its
+  # CapEff has no bit 24; the kubelet logs "write /proc/self/oom_score_adj: permission denied"
+  # for itself): clamp to containerd's own value instead.
   # netns_mounts_under_state_dir: netns bind mounts under $STATE, not /var/run/netns, so `stop`
   # finds them. No apparmor/selinux here. cgroupfs (no systemd), like the kubelet.
   cat >"$RUN/containerd/config.toml" <<TOML
@@ -261,7 +263,10 @@ start_kubelet() {
   write_kubelet_config
   [ -s "$RUN/sysctl.saved" ] || for k in "${SYSCTLS[@]}"; do echo "$k = $(sysctl -n "$k")"; done >"$RUN/sysctl.saved"
   # --container-runtime=remote: the CRI socket of our containerd (v1alpha2, served by 1.6).
-  # The kubelet authenticates with the admin token (single-user test cluster).
+  # The kubelet authenticates with the admin token (single-user test cluster). Harmless in its
+  # log here: "Failed to set rlimit on max file handles: operation not permitted" (no
+  # CAP_SYS_RESOURCE) and "cpu and memory cgroup hierarchy not unified" (cgroup v1, separate
+  # cpu and cpuacct mounts): only the kubelet's own metrics and limits, not the pods'.
   launch kubelet "$BIN/kubelet" --config="$RUN/kubelet-config.yaml" --kubeconfig="$RUN/kubeconfig" \
     --container-runtime=remote --container-runtime-endpoint="unix://$SOCK" \
     --image-service-endpoint="unix://$SOCK" --runtime-request-timeout=5m \
