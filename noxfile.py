@@ -153,11 +153,14 @@ def tests_slurm(session: nox.Session) -> None:
 
 @nox.session
 def tests_k8s(session: nox.Session) -> None:
-    """`k8s` tests on a real control plane on loopback (tools/k8s/cluster.sh: binaries built
-    once into ~/.cache/lfads-k8s, a fake kubelet runs pods as local processes); stopped after."""
+    """`k8s` tests on a real one-node cluster (tools/k8s/cluster.sh: binaries built once into
+    ~/.cache/lfads-k8s, a kubelet on containerd + runc running our image); stopped after."""
     _install(session)
     session.chdir(ROOT)
     cluster = str(ROOT / "tools" / "k8s" / "cluster.sh")
+    image = ROOT / "tools" / "image.sh"
+    if image.exists():  # the pods' image: built or reused, exported where cluster.sh imports it
+        session.run("bash", str(image), "build", env={"PYTHON": PYTHON}, external=True)
     session.run("bash", cluster, "start", env={"PYTHON": PYTHON}, external=True)
     try:
         session.run(PYTHON, "-m", "pytest", "-m", "k8s", "-q", "--durations=15", *session.posargs)

@@ -14,7 +14,9 @@ optional and every KEY must match a keyword given to `point` (VALUE may list alt
     LFADS_FAULTS="member.start[member=1,generation=0,attempt=0|1]=exit; member.fitness[member=2]=nan"
 
 Actions: `crash` (raise RuntimeError("injected crash")), `exit` (os._exit(3), no cleanup),
-`hang` (sleep an hour), `kill` (SIGKILL this process); any other action (`nan`) is returned to
+`hang` (sleep an hour), `kill` (SIGKILL this process), `oom` (fill memory until a memory
+limit kills the process: a pod over its limit is OOMKilled; raises MemoryError past
+OOM_CAP_BYTES, so without a limit it stops there instead of exhausting the host); any other action (`nan`) is returned to
 the caller, which acts on it.
 
 Points:
@@ -40,6 +42,7 @@ POINTS = (
     "member.start",
     "member.fitness",
 )
+OOM_CAP_BYTES = 8 << 30
 _ENTRY = re.compile(r"^\s*([\w.]+)\s*(?:\[([^\]]*)\])?\s*=\s*(\w+)\s*$")
 
 
@@ -84,4 +87,14 @@ def _act(action: str) -> str | None:
         return None
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "oom":
+        _fill_memory(OOM_CAP_BYTES)
     return action
+
+
+def _fill_memory(cap: int, chunk: int = 32 << 20) -> None:
+    """Allocate and touch memory in chunks (real pages, not lazy zeros) until killed or `cap`."""
+    held = []
+    while len(held) * chunk < cap:
+        held.append(b"\x01" * chunk)
+    raise MemoryError(f"injected oom: {cap} bytes allocated and no memory limit stopped it")

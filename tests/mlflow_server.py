@@ -75,8 +75,11 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(workdir: Path, timeout: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """Run `mlflow server` with its state under `workdir`; yield its `http://127.0.0.1:PORT` URI."""
+def mlflow_server(
+    workdir: Path, timeout: float = STARTUP_TIMEOUT_S, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Run `mlflow server` with its state under `workdir`; yield its `http://HOST:PORT` URI.
+    `host`: the local address it binds (the k8s tests bind the pods' gateway address)."""
     workdir = Path(workdir)
     artifacts = workdir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -86,10 +89,10 @@ def mlflow_server(workdir: Path, timeout: float = STARTUP_TIMEOUT_S) -> Iterator
 
     for attempt in range(3):  # the port picked may be taken before the server binds it
         port = free_port()
-        uri = f"http://127.0.0.1:{port}"
+        uri = f"http://{host}:{port}"
         cmd = [
             *_mlflow_command(), "server",
-            "--host", "127.0.0.1",
+            "--host", host,
             "--port", str(port),
             "--workers", "1",
             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",

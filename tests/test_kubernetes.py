@@ -1,9 +1,10 @@
-"""`lfads pbt --launcher kubernetes` on a real API server, Job controller and scheduler.
+"""`lfads pbt --launcher kubernetes` on a real one-node cluster (tools/k8s/cluster.sh).
 
-The control plane is real (tools/k8s/cluster.sh); the only stand-in is the fake kubelet, which
-runs each scheduled pod's command as a local process because there is no container runtime here.
-Workers report to a real `mlflow server` over HTTP. Marked `k8s`: run by `python3 dev.py
-tests_k8s`, which starts the cluster; without it these tests fail.
+Real API server, Job controller, scheduler and kubelet on containerd + runc: every worker is a
+pod of our image, non-root on a read-only root with limits enforced. Workers report over the CNI
+bridge to a real `mlflow server` bound to the bridge's gateway address; the data directory is a
+read-only hostPath at its own path. Marked `k8s`: run by `python3 dev.py tests_k8s`, which starts
+the cluster; without it these tests fail.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from launchers import JobSpec
 from launchers.k8s_manifest import job_manifest, parse_options
 
 from .helpers import lfads
-from .k8s_helpers import apis, kube_options
+from .k8s_helpers import apis, host_ip, kube_options
 from .mlflow_server import mlflow_server
 from .test_pbt_e2e import (
     assert_complete_population,
@@ -39,7 +40,7 @@ MANAGED = "app.kubernetes.io/managed-by=lfads-lightning"
 @pytest.fixture
 def server(tmp_path):
     """A fresh MLflow server per test: experiment 'pbt' then holds only this test's PBT run."""
-    with mlflow_server(tmp_path / "mlflow-server") as uri:
+    with mlflow_server(tmp_path / "mlflow-server", host=host_ip()) as uri:
         yield uri
 
 
@@ -52,10 +53,28 @@ class JobRecorder:
         self.batch, self.core = apis()
         self.jobs: dict[str, dict[str, str]] = {}
         self.failed_pods: set[str] = set()
+        self.terminated: dict[str, str] = {}  # job name -> its pod's container end reason
         self._watch = watch.Watch()
         start = self.batch.list_namespaced_job("default", label_selector=MANAGED)
         self._rv = start.metadata.resource_version
         threading.Thread(target=self._run, daemon=True).start()
+        pods = self.core.list_namespaced_pod("default", label_selector=MANAGED)
+        threading.Thread(
+            target=self._run_pods, args=(pods.metadata.resource_version,), daemon=True
+        ).start()
+
+    def _run_pods(self, rv: str) -> None:
+        from kubernetes import watch
+
+        for ev in watch.Watch().stream(
+            self.core.list_namespaced_pod, "default", label_selector=MANAGED,
+            resource_version=rv, timeout_seconds=900,
+        ):  # fmt: skip
+            pod = ev["object"]
+            for status in pod.status.container_statuses or []:
+                if status.state.terminated is not None:
+                    job = (pod.metadata.labels or {}).get("job-name", pod.metadata.name)
+                    self.terminated[job] = status.state.terminated.reason
 
     def _run(self) -> None:
         for ev in self._watch.stream(
@@ -79,8 +98,13 @@ class JobRecorder:
         return left
 
 
-def write_config(root: Path, config: dict, **k8s) -> None:
-    config["kubernetes"] = kube_options(**k8s)
+def write_config(root: Path, config: dict, data_dir: Path, **k8s) -> None:
+    """The PBT config with a kubernetes section: data from the hostPath; outputs to an emptyDir
+    at the same path as on this host (the pod's copy is gone with it; the MLflow artifact stays)."""
+    out = root / "lfads_output"
+    config["output"] = {**config.get("output", {}), "dir": str(out)}
+    volume = {"name": "out", "empty_dir": True, "mount_path": str(out)}
+    config["kubernetes"] = kube_options(data_dir=data_dir, volumes=[volume], **k8s)
     (root / "pbt.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -104,7 +128,7 @@ def assert_every_member_was_a_job(uri: str, recorder: JobRecorder) -> None:
 
 def test_pbt_on_kubernetes_finishes_with_the_local_layout(tmp_path, data_dir, server):
     root, _ = project(tmp_path, data_dir, {})
-    write_config(root, pbt_config(population=4, generations=2))
+    write_config(root, pbt_config(population=4, generations=2), data_dir)
     recorder = JobRecorder()
     t0 = time.monotonic()
     proc = lfads("pbt", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root)
@@ -134,7 +158,10 @@ def test_failing_pod_and_job_deleted_from_outside_are_survived(tmp_path, data_di
         "member.start[member=1,generation=0,attempt=0]=exit"
     )
     write_config(
-        root, pbt_config(population=2, generations=2, heartbeat_timeout=120.0), faults=faults
+        root,
+        pbt_config(population=2, generations=2, heartbeat_timeout=120.0),
+        data_dir,
+        faults=faults,
     )
     recorder = JobRecorder()
     holder: dict = {}
@@ -183,7 +210,7 @@ def test_killed_controller_resumes_and_adopts_running_jobs(tmp_path, data_dir, s
     finds the four Jobs through the members' `lfads.job` tags and waits for them: no
     duplicate Job, the population finishes, nothing is left in the cluster."""
     root, _ = project(tmp_path, data_dir, {})
-    write_config(root, pbt_config(population=4, generations=1, concurrency=0))
+    write_config(root, pbt_config(population=4, generations=1, concurrency=0), data_dir)
     recorder = JobRecorder()
     pbt_killed_at(
         "after_submit:0", "--launcher", "kubernetes", "pbt.yaml", "--tracking-uri", server, cwd=root

@@ -3,13 +3,16 @@
 submit returns at once; poll never blocks and ends in a terminal state that matches the job's
 outcome; cancel stops a running job; the MLflow run of a job is never left RUNNING. Real worker
 processes and a real sqlite MLflow store. SLURM runs against the project's single-node cluster
-(tools/slurm_cluster.sh, `nox -s tests_slurm`); Kubernetes on the k8s test cluster (marked k8s).
+(tools/slurm_cluster.sh, `nox -s tests_slurm`); Kubernetes on the k8s test cluster (marked k8s),
+whose pods report to an MLflow server instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -20,15 +23,16 @@ from lfads_lightning.data.synth import make_dataset
 from lfads_lightning.runs import tracking
 
 from .helpers import member_tags
-from .k8s_helpers import kube_options
+from .k8s_helpers import host_ip, kube_options
+from .mlflow_server import mlflow_server
 from .test_ray import ray_options
 
 LAUNCHERS = {
     "local-cold": lambda tmp: get_launcher("local"),
     "local-warm": lambda tmp: get_launcher("local", warm=True),
     "slurm": lambda tmp: get_launcher("slurm"),
-    # Jobs on the k8s test cluster; pods run this venv's worker (tests/k8s_helpers.py)
-    "kubernetes": lambda tmp: get_launcher("kubernetes", **kube_options(faults=FAULTS)),
+    # Jobs on the k8s test cluster; pods run our image (tests/k8s_helpers.py)
+    "kubernetes": lambda tmp: _kubernetes(tmp),
     # Jobs on the project's Ray head (tools/ray_cluster.sh); the job env comes from ray.env
     "ray": lambda tmp: get_launcher("ray", **ray_options(env={"LFADS_FAULTS": FAULTS})),
 }
@@ -37,6 +41,21 @@ LAUNCHERS = {
 FAULTS = "member.start=hang"
 # Launchers that need a cluster run only in that cluster's session.
 MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s, "ray": pytest.mark.ray}
+
+
+def _kubernetes(tmp: Path) -> Any:
+    """Pods (uid 1000, read-only root) read the data through a read-only hostPath of `tmp` and
+    write outputs to an emptyDir at `tmp/out` (made here: the mount point cannot be made inside
+    the read-only mount); their store is an MLflow server (`store`)."""
+    (tmp / "out").mkdir(exist_ok=True)
+    out = {"name": "out", "empty_dir": True, "mount_path": str(tmp / "out")}
+    return get_launcher("kubernetes", **kube_options(faults=FAULTS, data_dir=tmp, volumes=[out]))
+
+
+@pytest.fixture
+def k8s_tracking(tmp_path):
+    with mlflow_server(tmp_path / "mlflow-server", host=host_ip()) as uri:
+        yield uri
 
 
 @pytest.fixture(
@@ -49,9 +68,13 @@ def launcher(request, tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(request, tmp_path, monkeypatch):
     monkeypatch.setenv("LFADS_FAULTS", FAULTS)  # inherited by the worker processes
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if request.node.callspec.params.get("launcher") == "kubernetes":
+        # a pod (uid 1000) cannot write this host's root-owned sqlite file and artifact
+        # folders: it reports to a tracking server, as pods do in production
+        uri = request.getfixturevalue("k8s_tracking")
     tracking.check_store(uri)
     data = tmp_path / "d.h5"
     make_dataset(

@@ -149,6 +149,14 @@ def test_fault_points(monkeypatch):
         faults.point("member.start", member=3, attempt=5)
 
 
+def test_the_oom_fault_stops_at_its_cap_without_a_memory_limit(monkeypatch):
+    """Where no limit kills it (no pod), `oom` gives up at the cap instead of eating the host."""
+    monkeypatch.setattr(faults, "OOM_CAP_BYTES", 96 << 20)
+    monkeypatch.setenv(faults.ENV, "member.start[member=1]=oom")
+    with pytest.raises(MemoryError, match=f"injected oom: {96 << 20} bytes"):
+        faults.point("member.start", member=1)
+
+
 def test_a_malformed_fault_entry_is_an_error(monkeypatch):
     monkeypatch.setenv(faults.ENV, "member.begin=crash")
     with pytest.raises(ValueError, match="cannot parse"):
