@@ -89,6 +89,10 @@ class LocalLauncher(Launcher):
         self.python = python or sys.executable
         self.warm = warm
         self.container = Container(parse_options(container)) if container else None
+        if self.container is not None and self.container.chown:
+            # `:U` chowns a mount when its container starts; a warm container would not see
+            # the folders the controller creates for later jobs (their runs' artifacts).
+            self.warm = False
         self._names: dict[str, str] = {}  # pid -> container name (container mode)
         self._procs: dict[str, subprocess.Popen] = {}
         self._slots: dict[int, _Slot] = {}

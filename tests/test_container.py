@@ -105,9 +105,12 @@ def test_root_filesystem_is_read_only_and_tmp_is_not():
 def test_fit_with_the_documented_podman_command(tmp_path, data_dir):
     """docs/containers.md's direct command: `lfads fit` in the image, store on the host."""
     runs = owned_by_1000(tmp_path / "runs")
+    data = tmp_path / "data"  # pytest's own folders are root's, mode 700
+    data.mkdir(mode=0o755)
+    shutil.copy(data_dir / "tiny.h5", data / "tiny.h5")
     uri = f"sqlite:///{runs / 'mlflow.db'}"
-    mounts = ["-v", f"{data_dir}:{data_dir}:ro", "-v", f"{runs}:{runs}:rw"]
-    args = tiny_overrides(data_dir / "tiny.h5", runs / "out")
+    mounts = ["-v", f"{data}:{data}:ro", "-v", f"{runs}:{runs}:rw"]
+    args = tiny_overrides(data / "tiny.h5", runs / "out")
     proc = podman(
         "run", "--rm", *SECURE, *mounts, IMAGE, "fit", "--launcher", "local", "--tracking-uri", uri,
         *args, timeout=600,
@@ -136,14 +139,14 @@ def test_fit_through_the_cli_in_container_mode(tmp_path, data_dir):
 
 
 def test_member_over_its_memory_limit_fails(tmp_path, data_dir):
-    """64 MiB cannot hold torch: the kernel kills the worker; the fit says so, run FAILED."""
+    """32 MiB cannot hold torch: the kernel kills the worker; the fit says so, run FAILED."""
     runs = tmp_path / "runs"
     runs.mkdir()
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     args = tiny_overrides(data_dir / "tiny.h5", tmp_path / "out")
     proc = lfads(
         "fit", "--launcher", "local", "--tracking-uri", uri, *args,
-        f"local.container={IMAGE}", "local.memory=64m",
+        f"local.container={IMAGE}", "local.memory=32m",
         cwd=tmp_path, env={"CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", "")},
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
