@@ -15,6 +15,7 @@ by podman/docker (launchers/container.py); cancel stops the container, poll read
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import signal
@@ -94,6 +95,7 @@ class LocalLauncher(Launcher):
             # the folders the controller creates for later jobs (their runs' artifacts).
             self.warm = False
         self._names: dict[str, str] = {}  # pid -> container name (container mode)
+        self._serial = itertools.count()  # numbers this launcher's container names
         self._procs: dict[str, subprocess.Popen] = {}
         self._slots: dict[int, _Slot] = {}
         self._cancelled: set[str] = set()  # warm jobs whose slot this launcher killed
@@ -114,7 +116,7 @@ class LocalLauncher(Launcher):
         log = self._log_file(spec.log_dir, run_id)
         command, name = [self.python, "-m", "lfads_lightning", *spec.args], None
         if self.container is not None:
-            name = container_name(run_id, f"-{os.getpid()}-{len(self._procs)}")
+            name = container_name(run_id, f"-{os.getpid()}-{next(self._serial)}")
             command = [*self.container.run_command(spec, name), *spec.args]
         proc = subprocess.Popen(
             command,
@@ -242,8 +244,7 @@ class LocalLauncher(Launcher):
         log = self._log_file(log_dir, f"warm-{len(self._slots)}-{os.getpid()}")
         command, name, mounts = [self.python, "-m", "lfads_lightning", "serve"], None, None
         if self.container is not None and job is not None:
-            name = container_name("slot", f"-{os.getpid()}-{len(self._names)}")
-            self._names[name] = name
+            name = container_name("slot", f"-{os.getpid()}-{next(self._serial)}")
             mounts = _mount_key(job)
             command = [*self.container.run_command(job, name, interactive=True), "serve"]
         proc = subprocess.Popen(
