@@ -32,10 +32,15 @@ REGISTRY_BASE=python:3.11.9-slim-bookworm
 ROOTFS=$CACHE/bookworm-rootfs.tar
 ARCHIVE=$CACHE/lfads-cpu.oci.tar
 KEYFILE=$CACHE/content.key
+ARCHIVE_ID=$CACHE/lfads-cpu.oci.id
 CONF=$CACHE/containers.conf
 MIRROR=${LFADS_IMAGE_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${LFADS_IMAGE_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-PYTHON=${PYTHON:-python3}
+# The venv whose versions the image gets (pip freeze): the repository's .venv if there is one.
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  [ -x "$ROOT/.venv/bin/python" ] && PYTHON=$ROOT/.venv/bin/python
+fi
 APT=(apt-get -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
 export DEBIAN_FRONTEND=noninteractive
 say() { echo "[image] $*" >&2; }
@@ -143,10 +148,18 @@ build() {
     args+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
   say "podman build $IMAGE from $base"
   (cd "$ROOT" && podman build --layers "${args[@]}" . >&2)
-  say "exporting $ARCHIVE (oci-archive)"
-  rm -f "$ARCHIVE.tmp"
-  podman save -q --format oci-archive -o "$ARCHIVE.tmp" "$IMAGE"
-  mv "$ARCHIVE.tmp" "$ARCHIVE"
+  local id
+  id=$(podman image inspect -f '{{.Id}}' "$IMAGE")
+  # Every layer from cache gives the same image id: the archive already holds it.
+  if [ -s "$ARCHIVE" ] && [ "$(cat "$ARCHIVE_ID" 2>/dev/null)" = "$id" ]; then
+    say "archive $ARCHIVE already holds image ${id:0:12}"
+  else
+    say "exporting $ARCHIVE (oci-archive)"
+    rm -f "$ARCHIVE.tmp"
+    podman save -q --format oci-archive -o "$ARCHIVE.tmp" "$IMAGE"
+    mv "$ARCHIVE.tmp" "$ARCHIVE"
+    echo "$id" > "$ARCHIVE_ID.tmp" && mv "$ARCHIVE_ID.tmp" "$ARCHIVE_ID"
+  fi
   echo "$key" > "$KEYFILE.tmp" && mv "$KEYFILE.tmp" "$KEYFILE"
   say "built in $((SECONDS - start)) s; image $(podman image inspect -f '{{.Size}}' "$IMAGE" | numfmt --to=iec) ($IMAGE), archive $(du -h "$ARCHIVE" | cut -f1)"
 }
