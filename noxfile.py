@@ -31,7 +31,10 @@ EXTRAS = "dev"
 INSTALL_RECIPE = f"{TORCH};-e .[{EXTRAS}];compileall;v1"
 
 # Tests that need a cluster, a browser or extra packages run in their own sessions.
-DEFAULT_MARKERS = "not slow and not slurm and not k8s and not nlb_tools and not browser and not ray"
+DEFAULT_MARKERS = (
+    "not slow and not slurm and not k8s and not nlb_tools and not browser and not ray"
+    " and not container"
+)
 
 nox.options.default_venv_backend = "none"
 
@@ -182,6 +185,19 @@ def tests_ray(session: nox.Session) -> None:
         session.run(PYTHON, "-m", "pytest", "-m", "ray", "-q", "--durations=15", *session.posargs)
     finally:
         session.run("bash", cluster, "stop", env={"PYTHON": PYTHON}, external=True)
+
+
+@nox.session
+def tests_container(session: nox.Session) -> None:
+    """The CPU image (tools/image.sh: podman, a Debian base made by mmdebstrap where no registry
+    answers; cached in ~/.cache/lfads-image) and the local launcher's container mode."""
+    _install(session)
+    session.chdir(ROOT)
+    image = str(ROOT / "tools" / "image.sh")
+    session.run("bash", image, "build", env={"PYTHON": PYTHON}, external=True)
+    conf = session.run("bash", image, "conf", external=True, silent=True)
+    session.env["CONTAINERS_CONF"] = str(conf).strip()
+    session.run(PYTHON, "-m", "pytest", "-m", "container", "-q", "--durations=15", *session.posargs)
 
 
 @nox.session

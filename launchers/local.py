@@ -7,11 +7,15 @@ take jobs one after another, so a job does not pay interpreter start and imports
 Every process runs in its own process group (cancelling also stops its children) and with a
 fixed number of torch/OpenMP threads: several processes at default threads on a small machine
 run many times slower than with one thread each.
+
+Container mode (`local: {container: IMAGE}`): the same jobs, each `lfads ...` run in the image
+by podman/docker (launchers/container.py); cancel stops the container, poll reads its exit code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import signal
@@ -20,9 +24,10 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from launchers.base import JobHandle, JobState, Launcher
+from launchers.container import Container, container_name, parse_options
 from launchers.spec import THREAD_VARS, JobSpec, worker_args
 
 
@@ -52,6 +57,8 @@ class _Slot:
 
     proc: subprocess.Popen
     threads: int | None
+    container: str | None = None  # its container's name in container mode
+    mounts: tuple | None = None  # the tracking URI and paths its container was started with
     current: str | None = None
     done: dict[str, int] = field(default_factory=dict)
     lines: queue.Queue = field(default_factory=queue.Queue)
@@ -79,9 +86,16 @@ class _Slot:
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, python: str | None = None, warm: bool = False) -> None:
+    def __init__(self, python: str | None = None, warm: bool = False, **container: Any) -> None:
         self.python = python or sys.executable
         self.warm = warm
+        self.container = Container(parse_options(container)) if container else None
+        if self.container is not None and self.container.chown:
+            # `:U` chowns a mount when its container starts; a warm container would not see
+            # the folders the controller creates for later jobs (their runs' artifacts).
+            self.warm = False
+        self._names: dict[str, str] = {}  # pid -> container name (container mode)
+        self._serial = itertools.count()  # numbers this launcher's container names
         self._procs: dict[str, subprocess.Popen] = {}
         self._slots: dict[int, _Slot] = {}
         self._cancelled: set[str] = set()  # warm jobs whose slot this launcher killed
@@ -100,8 +114,12 @@ class LocalLauncher(Launcher):
         if self.warm and spec.args == worker_args(run_id, spec.tracking_uri):
             return self._submit_warm(spec)
         log = self._log_file(spec.log_dir, run_id)
+        command, name = [self.python, "-m", "lfads_lightning", *spec.args], None
+        if self.container is not None:
+            name = container_name(run_id, f"-{os.getpid()}-{next(self._serial)}")
+            command = [*self.container.run_command(spec, name), *spec.args]
         proc = subprocess.Popen(
-            [self.python, "-m", "lfads_lightning", *spec.args],
+            command,
             env=_env(spec.threads),
             stdout=log,
             stderr=subprocess.STDOUT if log else None,
@@ -110,7 +128,14 @@ class LocalLauncher(Launcher):
         if log is not None:
             log.close()
         self._procs[str(proc.pid)] = proc
-        return JobHandle(self.name, str(proc.pid), run_id, {"pid": proc.pid})
+        info: dict[str, Any] = {"pid": proc.pid}
+        if name is not None:
+            self._names[str(proc.pid)] = info["container"] = name
+        return JobHandle(self.name, str(proc.pid), run_id, info)
+
+    def check(self, tracking_uri: str | None = None) -> None:
+        if self.container is not None:
+            self.container.check(tracking_uri)
 
     def poll(self, handle: JobHandle) -> JobState:
         pid = int(handle.info.get("pid", handle.job_id.split(":")[0]))
@@ -129,10 +154,15 @@ class LocalLauncher(Launcher):
         proc = self._procs.get(str(pid))
         if proc is None:
             # Started before a controller restart: only liveness can be known.
+            name = handle.info.get("container")
+            if self.container is not None and name:
+                return JobState.RUNNING if self.container.exists(name) else JobState.UNKNOWN
             return JobState.RUNNING if _pid_alive(pid) else JobState.UNKNOWN
         code = proc.poll()
         if code is None:
             return JobState.RUNNING
+        if self.container is not None and 128 < code < 160:
+            code = 128 - code  # `run` exits 128+N when the job died of signal N (137: OOM kill)
         if code == 0:
             return JobState.SUCCEEDED
         if code < 0 and -code in (signal.SIGTERM, signal.SIGINT):
@@ -151,16 +181,28 @@ class LocalLauncher(Launcher):
                 if handle.run_id in slot.done or slot.current != handle.run_id:
                     return  # that job is over; the slot may already be serving another one
                 self._slots.pop(pid)
-                _kill_group(slot.proc, grace)
+                self._stop(slot.proc, slot.container, grace)
                 self._cancelled.add(handle.job_id)
                 return
         proc = self._procs.get(str(pid))
         if proc is not None:
-            _kill_group(proc, grace)
+            self._stop(proc, self._names.get(str(pid)), grace)
+            return
+        if self.container is not None and handle.info.get("container"):
+            self.container.stop(handle.info["container"], grace)
             return
         if _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
+
+    def _stop(self, proc: subprocess.Popen, name: str | None, grace: float) -> None:
+        """Stop a job's process; in container mode through the runtime (SIGTERM to the job, not
+        to the `run` client, which would leave the container running if it were killed)."""
+        if self.container is not None and name and proc.poll() is None:
+            self.container.stop(name, grace)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace + 30)
+        _kill_group(proc, grace)
 
     def close(self, grace: float = 5.0) -> None:
         """End the warm slots: stdin closes, so a busy one finishes its job first; an idle one
@@ -185,7 +227,7 @@ class LocalLauncher(Launcher):
 
     def _submit_warm(self, spec: JobSpec) -> JobHandle:
         run_id = spec.run_id
-        slot = self._idle_slot(spec.threads, spec.log_dir)
+        slot = self._idle_slot(spec)
         slot.current = run_id
         assert slot.proc.stdin is not None
         slot.proc.stdin.write(f"{run_id} {spec.tracking_uri}\n".encode())
@@ -193,25 +235,32 @@ class LocalLauncher(Launcher):
         pid = slot.proc.pid
         return JobHandle(self.name, f"{pid}:{run_id}", run_id, {"pid": pid, "warm": True})
 
-    def _idle_slot(self, threads: int | None, log_dir: str | None) -> _Slot:
+    def _idle_slot(self, spec: JobSpec) -> _Slot:
+        mounts = _mount_key(spec) if self.container is not None else None
         for pid, slot in list(self._slots.items()):
             slot.drain()
             if slot.proc.poll() is not None:
                 self._slots.pop(pid)
-            elif slot.current is None and slot.threads == threads:
+            elif slot.current is None and (slot.threads, slot.mounts) == (spec.threads, mounts):
                 return slot
-        return self._spawn_slot(threads, log_dir)
+        return self._spawn_slot(spec.threads, spec.log_dir, spec)
 
     def prestart(self, jobs: int, threads: int | None = None, log_dir: str | None = None) -> None:
-        """Start warm slots before the first jobs, so their imports overlap the caller's setup."""
-        if self.warm:
+        """Start warm slots before the first jobs, so their imports overlap the caller's setup.
+        Not in container mode: a container's mounts come from the first job's spec."""
+        if self.warm and self.container is None:
             while len(self._slots) < jobs:
                 self._spawn_slot(threads, log_dir)
 
-    def _spawn_slot(self, threads: int | None, log_dir: str | None) -> _Slot:
+    def _spawn_slot(self, threads: int | None, log_dir: str | None, job: Any = None) -> _Slot:
         log = self._log_file(log_dir, f"warm-{len(self._slots)}-{os.getpid()}")
+        command, name, mounts = [self.python, "-m", "lfads_lightning", "serve"], None, None
+        if self.container is not None and job is not None:
+            name = container_name("slot", f"-{os.getpid()}-{next(self._serial)}")
+            mounts = _mount_key(job)
+            command = [*self.container.run_command(job, name, interactive=True), "serve"]
         proc = subprocess.Popen(
-            [self.python, "-m", "lfads_lightning", "serve"],
+            command,
             env=_env(threads),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -220,10 +269,14 @@ class LocalLauncher(Launcher):
         )
         if log is not None:
             log.close()
-        slot = _Slot(proc, threads)
+        slot = _Slot(proc, threads, name, mounts)
         slot.start_reader()
         self._slots[proc.pid] = slot
         return slot
+
+
+def _mount_key(spec: JobSpec) -> tuple:
+    return (spec.tracking_uri, tuple(sorted(spec.paths.items())))
 
 
 def _pid_alive(pid: int) -> bool:

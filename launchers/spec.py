@@ -45,6 +45,9 @@ class JobSpec:
     labels: Mapping[str, str] = field(default_factory=dict)  # kind, pbt-run, member, ...
     log_dir: str | None = None  # where the job's log goes (None: the terminal / backend)
     name: str = ""  # human-readable job name, e.g. m03-g001
+    # Host paths the job reads ("ro") or writes ("rw") besides the tracking store: its data
+    # files, its output dir. Backends with their own filesystem (a container) mount them.
+    paths: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.args:

@@ -384,3 +384,9 @@ def config_from_dict(raw: dict[str, Any]) -> LfadsConfig:
 
 def dump_yaml(cfg: LfadsConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def job_paths(cfg: LfadsConfig) -> dict[str, str]:
+    """Host paths a worker job reads ("ro": data files) or writes ("rw": outputs), for launchers
+    whose jobs have their own filesystem (a container mounts them)."""
+    return {**{p: "ro" for p in cfg.data.paths}, cfg.output.dir: "rw"}

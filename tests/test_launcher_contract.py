@@ -2,7 +2,8 @@
 
 submit returns at once; poll never blocks and ends in a terminal state that matches the job's
 outcome; cancel stops a running job; the MLflow run of a job is never left RUNNING. Real worker
-processes and a real sqlite MLflow store. SLURM runs against the project's single-node cluster
+processes and a real sqlite MLflow store. Local container mode runs with podman and the CPU
+image (`nox -s tests_container`). SLURM runs against the project's single-node cluster
 (tools/slurm_cluster.sh, `nox -s tests_slurm`); Kubernetes on the k8s test cluster (marked k8s),
 whose pods report to an MLflow server instead.
 """
@@ -25,11 +26,14 @@ from lfads_lightning.runs import tracking
 from .helpers import member_tags
 from .k8s_helpers import host_ip, kube_options
 from .mlflow_server import mlflow_server
+from .test_container import container_options
 from .test_ray import ray_options
 
 LAUNCHERS = {
     "local-cold": lambda tmp: get_launcher("local"),
     "local-warm": lambda tmp: get_launcher("local", warm=True),
+    # Each job's worker in the CPU image via podman (tools/image.sh build; marked container)
+    "local-container": lambda tmp: get_launcher("local", **container_options()),
     "slurm": lambda tmp: get_launcher("slurm"),
     # Jobs on the k8s test cluster; pods run our image (tests/k8s_helpers.py)
     "kubernetes": lambda tmp: _kubernetes(tmp),
@@ -40,7 +44,12 @@ LAUNCHERS = {
 # here are plain fits, which have no fault points.
 FAULTS = "member.start=hang"
 # Launchers that need a cluster run only in that cluster's session.
-MARKS = {"slurm": pytest.mark.slurm, "kubernetes": pytest.mark.k8s, "ray": pytest.mark.ray}
+MARKS = {
+    "slurm": pytest.mark.slurm,
+    "kubernetes": pytest.mark.k8s,
+    "ray": pytest.mark.ray,
+    "local-container": pytest.mark.container,
+}
 
 
 def _kubernetes(tmp: Path) -> Any:

@@ -51,6 +51,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def _fit(cfg: Any, uri: str, launcher: Any, args: argparse.Namespace) -> int:
     from launchers import JobSpec, JobState
+    from lfads_lightning.config import job_paths
     from lfads_lightning.errors import Terminated
     from lfads_lightning.runs import schema, tracking
 
@@ -62,7 +63,8 @@ def _fit(cfg: Any, uri: str, launcher: Any, args: argparse.Namespace) -> int:
     )
     os.environ[RESULTS_BY_CLI] = "1"  # the worker logs one line; the table is printed here
     try:
-        spec = JobSpec(run_id, uri, threads=cfg.train.threads or None, labels={"kind": "fit"})
+        threads, paths = cfg.train.threads or None, job_paths(cfg)
+        spec = JobSpec(run_id, uri, threads=threads, labels={"kind": "fit"}, paths=paths)
         handle = launcher.submit(spec)
     except BaseException as err:  # never leave the run RUNNING for a job that does not exist
         schema.mark_failed(uri, run_id, f"job submission failed: {err}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from launchers import JobHandle, JobSpec, JobState
 from lfads_lightning import faults
-from lfads_lightning.config import LfadsConfig
+from lfads_lightning.config import LfadsConfig, job_paths
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt import lifecycle
 from lfads_lightning.pbt.config import PbtConfig, with_hparams
@@ -76,6 +76,7 @@ class Controller:
         self.launcher = launcher
         self.poll_interval = poll_interval
         self.threads = threads_per_member
+        self._job = {"threads": threads_per_member, "log_dir": log_dir, "paths": job_paths(base)}
         # Last time each member's job was seen queued: the heartbeat clock starts when it runs.
         self._last_queued: dict[str, float] = {}
         self.concurrency = max(1, concurrency)
@@ -261,16 +262,12 @@ class Controller:
             "attempt": str(m.attempt),
         }
         name = self.run_name(m.member, m.generation) + f"-a{m.attempt}"
-        return JobSpec(
-            m.run_id, self.uri, threads=self.threads, labels=labels, log_dir=self.log_dir, name=name
-        )
+        return JobSpec(m.run_id, self.uri, labels=labels, name=name, **self._job)
 
     def final_spec(self) -> JobSpec:
         """The job that posterior-samples the best member onto the parent run (worker/final)."""
         labels = {"kind": "pbt_final", "pbt-run": self.parent}
-        return JobSpec(
-            self.parent, self.uri, threads=self.threads, labels=labels, log_dir=self.log_dir
-        )
+        return JobSpec(self.parent, self.uri, labels=labels, **self._job)
 
     def _handle(self, m: MemberRun) -> JobHandle:
         return lifecycle.handle_of(m, self.launcher.name)
