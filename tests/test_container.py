@@ -122,16 +122,24 @@ def test_fit_with_the_documented_podman_command(tmp_path, data_dir):
     assert (runs / "out" / run.info.run_id).is_dir()
 
 
-def test_fit_through_the_cli_in_container_mode(tmp_path, data_dir):
-    """The host's `lfads fit` with `local.container`: the worker runs in the image."""
+def fit_in_container(tmp_path: Path, data_dir: Path, *extra: str):
+    """The host's `lfads fit` of the tiny model with `local.container` (plus `extra`
+    overrides), on a fresh sqlite store; returns (the finished process, the store URI)."""
     runs = tmp_path / "runs"
     runs.mkdir()
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     args = tiny_overrides(data_dir / "tiny.h5", tmp_path / "out")
     proc = lfads(
-        "fit", "--launcher", "local", "--tracking-uri", uri, *args, f"local.container={IMAGE}",
+        "fit", "--launcher", "local", "--tracking-uri", uri, *args,
+        f"local.container={IMAGE}", *extra,
         cwd=tmp_path, env={"CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", "")},
     )  # fmt: skip
+    return proc, uri
+
+
+def test_fit_through_the_cli_in_container_mode(tmp_path, data_dir):
+    """The host's `lfads fit` with `local.container`: the worker runs in the image."""
+    proc, uri = fit_in_container(tmp_path, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = the_run(uri)
     assert run.info.status == "FINISHED" and run.data.metrics["valid/recon_smth"] > 0
@@ -140,15 +148,7 @@ def test_fit_through_the_cli_in_container_mode(tmp_path, data_dir):
 
 def test_member_over_its_memory_limit_fails(tmp_path, data_dir):
     """32 MiB cannot hold torch: the kernel kills the worker; the fit says so, run FAILED."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    uri = f"sqlite:///{runs / 'mlflow.db'}"
-    args = tiny_overrides(data_dir / "tiny.h5", tmp_path / "out")
-    proc = lfads(
-        "fit", "--launcher", "local", "--tracking-uri", uri, *args,
-        f"local.container={IMAGE}", "local.memory=32m",
-        cwd=tmp_path, env={"CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", "")},
-    )  # fmt: skip
+    proc, uri = fit_in_container(tmp_path, data_dir, "local.memory=32m")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "signal 9" in proc.stderr and "out of memory" in proc.stderr
     assert the_run(uri).info.status == "FAILED"
