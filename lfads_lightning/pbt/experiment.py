@@ -17,6 +17,7 @@ import yaml
 from lfads_lightning.config import LfadsConfig, config_from_dict, dump_yaml, flatten, from_dict
 from lfads_lightning.errors import LfadsError
 from lfads_lightning.pbt.config import PbtConfig, validate_pbt
+from lfads_lightning.pbt.lifecycle import parent_not_found
 from lfads_lightning.runs import tracking
 from lfads_lightning.runs.schema import (
     IllegalTransition,
@@ -282,13 +283,6 @@ def make_launcher(
     return get_launcher(name, **options)
 
 
-def _not_found(parent: str, uri: str) -> LfadsError:
-    return LfadsError(
-        f"PBT run {parent} not found in {uri}; check the id (the parent run id printed by "
-        f"`lfads pbt`) and --tracking-uri / MLFLOW_TRACKING_URI"
-    )
-
-
 def _status_text(run: Any, members: list[Any], generations: str) -> str:
     """The status header and table from the parent run's params (pbt.population, pbt.space)
     and its members: no artifact download, no config validation."""
@@ -355,7 +349,7 @@ def status(client: Any, parent: str, generations: str = "latest") -> str:
     try:
         run = client.get_run(parent)
     except Exception:  # noqa: BLE001
-        raise _not_found(parent, client.tracking_uri) from None
+        raise parent_not_found(parent, client.tracking_uri) from None
     return _status_text(run, load_members(client, parent), generations)
 
 
@@ -370,7 +364,7 @@ def status_at(uri: str, parent: str, generations: str = "latest") -> str:
         try:
             run = fastread.get_run(uri, parent)
             if run is None:
-                raise _not_found(parent, uri)
+                raise parent_not_found(parent, uri)
             keys = space_keys(run)  # the searched keys, read from each member's params
             children = fastread.child_runs(uri, run, keys)
             members = [member_from_run(r, keys) for r in children if P + "member" in r.data.tags]

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from launchers import JobHandle, JobState
+from lfads_lightning.errors import LfadsError
 from lfads_lightning.runs import schema
 from lfads_lightning.runs.schema import FINISHED, QUEUED, RUNNING, MemberRun, P, ParentState
 
@@ -163,3 +164,11 @@ def mark_interrupted(client: Any, parent: str, why: str) -> None:
         return
     client.set_tag(parent, P + "interrupted", why)
     schema.set_parent_state(client, parent, ParentState.INTERRUPTED)
+
+
+def parent_not_found(parent: str, uri: str) -> LfadsError:
+    """The one error for a PBT/search parent id that is not in the store."""
+    return LfadsError(
+        f"PBT run {parent} not found in {uri}; check the id (the parent run id printed by "
+        f"`lfads pbt`) and --tracking-uri / MLFLOW_TRACKING_URI"
+    )

@@ -49,10 +49,7 @@ def stop_run(uri: str, parent: str, wait_s: float = 600.0) -> str:
     try:
         run = client.get_run(parent)
     except Exception:  # noqa: BLE001
-        raise LfadsError(
-            f"PBT run {parent} not found in {uri}; check the id (the parent run id printed by "
-            f"`lfads pbt`) and --tracking-uri / MLFLOW_TRACKING_URI"
-        ) from None
+        raise lifecycle.parent_not_found(parent, uri) from None
     check_stoppable(run, uri)
     if not lifecycle.stop_requested(run):
         client.set_tag(parent, schema.STOP_REQUESTED, f"{time.time():.1f}")
