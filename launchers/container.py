@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from launchers.errors import LauncherError
 from launchers.spec import THREAD_VARS, JobSpec
-from launchers.typed_options import SectionError, typed_section
+from launchers.typed_options import launcher_section
 
 BUILD_HINT = "build it with tools/image.sh build"
 # Environment forwarded into the container by name (`-e NAME`: values never appear in argv).
@@ -62,10 +62,7 @@ def parse_options(data: dict[str, Any]) -> ContainerOptions:
             f"local.{sorted(data)[0]} is a container option; set local.container=IMAGE too "
             f"(e.g. localhost/lfads-lightning:cpu; {BUILD_HINT})"
         )
-    try:
-        opts = typed_section(ContainerOptions, data, "local.")
-    except SectionError as err:
-        raise LauncherError(str(err)) from None
+    opts = launcher_section(ContainerOptions, data, "local.")
     if opts.runtime not in ("podman", "docker"):
         raise LauncherError(f"local.runtime must be podman or docker, got {opts.runtime!r}")
     return opts

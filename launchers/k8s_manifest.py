@@ -15,7 +15,7 @@ from typing import Any
 
 from launchers.errors import LauncherError
 from launchers.spec import THREAD_VARS, JobSpec
-from launchers.typed_options import SectionError, typed_section
+from launchers.typed_options import launcher_section
 
 LABEL_PREFIX = "lfads.io/"
 # The spec's labels that become Job labels (lfads.io/<name>), in this order.
@@ -86,10 +86,7 @@ def parse_options(options: dict[str, Any] | None) -> KubernetesOptions:
             f"unknown config key 'kubernetes.{unknown[0]}'; valid keys: "
             + ", ".join(f"kubernetes.{n}" for n in names)
         )
-    try:
-        opts = typed_section(KubernetesOptions, options, "kubernetes.")
-    except SectionError as err:
-        raise LauncherError(str(err)) from None
+    opts = launcher_section(KubernetesOptions, options, "kubernetes.")
     for key in _MAPPINGS:
         value = special.get(key) or {}
         if not isinstance(value, dict):

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from launchers.base import JobHandle, JobState, Launcher
 from launchers.errors import LauncherError
 from launchers.spec import JobSpec
-from launchers.typed_options import SectionError, typed_section
+from launchers.typed_options import launcher_section
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 _STATES = {
@@ -55,10 +55,7 @@ def parse_options(options: dict[str, Any] | None) -> RayOptions:
     env = data.pop("env", None) or {}
     if not isinstance(env, dict):
         raise LauncherError("ray.env: expected a mapping of environment variables to values")
-    try:
-        opts = typed_section(RayOptions, data, "ray.")
-    except SectionError as err:
-        raise LauncherError(str(err)) from None
+    opts = launcher_section(RayOptions, data, "ray.")
     if opts.num_cpus <= 0 or opts.num_gpus < 0:
         raise LauncherError("ray.num_cpus must be > 0 and ray.num_gpus >= 0")
     if opts.concurrency is not None and opts.concurrency < 1:

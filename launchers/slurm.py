@@ -28,7 +28,7 @@ import submitit
 from launchers.base import JobHandle, JobState, Launcher
 from launchers.errors import LauncherError
 from launchers.spec import REQUEUE_EXIT, SPILL_DIR_ENV, THREAD_VARS, JobSpec
-from launchers.typed_options import SectionError, typed_section
+from launchers.typed_options import launcher_section
 
 # A job that sacct does not list yet right after sbatch is queued, not lost.
 SUBMIT_GRACE_S = 120.0
@@ -95,10 +95,7 @@ def parse_options(options: dict[str, Any]) -> SlurmOptions:
             f"slurm.additional_parameters: expected a mapping of sbatch options "
             f"(e.g. {{mail_type: END}}), got {extra!r}"
         )
-    try:
-        opts = typed_section(SlurmOptions, data, "slurm.")
-    except SectionError as err:
-        raise LauncherError(str(err)) from None
+    opts = launcher_section(SlurmOptions, data, "slurm.")
     for name in ("time_min", "cpus_per_task", "array_parallelism"):
         if getattr(opts, name) < 1:
             raise LauncherError(f"slurm.{name} must be at least 1, got {getattr(opts, name)}")

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any
 
+from launchers.errors import LauncherError
+
 
 class SectionError(ValueError):
     """A bad key or value in an option section; the message names the key and the fix."""
@@ -108,3 +110,12 @@ def typed_section(cls: type, data: dict[str, Any] | None, prefix: str = "") -> A
         else:
             kwargs[name] = coerce(value, tp, key)
     return cls(**kwargs)
+
+
+def launcher_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """`typed_section` for a launcher's own options: a bad key or value is a LauncherError,
+    which the CLI reports as one line."""
+    try:
+        return typed_section(cls, data, prefix)
+    except SectionError as err:
+        raise LauncherError(str(err)) from None
