@@ -6,6 +6,8 @@ cluster-side behaviour is tested on the real cluster in test_slurm.py.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from launchers import JobState, LauncherError, get_launcher
@@ -34,7 +36,23 @@ def test_bad_values_are_config_errors(options, needle):
         get_launcher("slurm", **options)
 
 
-def test_sbatch_script_carries_the_options(tmp_path):
+def _srun_on_path(tmp_path, monkeypatch) -> None:
+    """submitit's SlurmExecutor refuses to exist without `srun` on PATH (RuntimeError: Could not
+    detect "srun", are you indeed on a slurm cluster?), even to render a script: on a machine
+    without SLURM, an `srun` that fails if ever called lets this text-only check run. Nothing is
+    submitted here; real submission is tested on the real cluster in test_slurm.py."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text(
+        "#!/bin/sh\necho 'not a SLURM cluster: test_slurm_options renders text only' >&2\nexit 1\n"
+    )
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{os.environ.get('PATH', '')}{os.pathsep}{bin_dir}")
+
+
+def test_sbatch_script_carries_the_options(tmp_path, monkeypatch):
+    _srun_on_path(tmp_path, monkeypatch)
     launcher = get_launcher(
         "slurm",
         partition="gpu",
