@@ -219,9 +219,11 @@ def tests_browser(session: nox.Session) -> None:
     session.chdir(ROOT)
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
         apt = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "update", "-q", external=True, env=apt)
+        # Lock timeout: .ci/run may be building the image (apt installs) at the same time.
+        apt_get = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+        session.run(*apt_get, "update", "-q", external=True, env=apt)
         session.run(
-            "apt-get", "install", "-y", "-q", "--no-install-recommends",
+            *apt_get, "install", "-y", "-q", "--no-install-recommends",
             "chromium", "chromium-driver", external=True, env=apt,
         )  # fmt: skip
     session.run(PYTHON, "-m", "pip", "install", "--progress-bar", "off", "selenium")

@@ -75,8 +75,9 @@ install_packages() {
   [[ $(id -u) == 0 ]] || die "installing ${missing[*]} needs root"
   say "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Lock timeout: .ci/run may be installing the image's or Kubernetes' packages at the same time.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 start_munge() {
