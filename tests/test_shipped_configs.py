@@ -31,4 +31,3 @@ def test_mc_maze_pbt_ships_the_measured_temporal_shift():
     """docs/benchmarks.md "Quality" measured MC_Maze_Small PBT with a shift of std 3, max 6."""
     cfg = load_config(next(p for p in CONFIGS if p.name == "pbt_mc_maze_small.yaml"))
     assert (cfg.model.temporal_shift_std, cfg.model.temporal_shift_max) == (3.0, 6)
-    assert cfg.data.sv_rate == 0
