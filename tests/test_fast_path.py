@@ -12,12 +12,13 @@ max |g_ref|, per parameter.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
 
 from lfads_lightning.config import ModelConfig
-from lfads_lightning.model import fused
+from lfads_lightning.model import fused, native
 from lfads_lightning.model.gru import ClippedGRUCell
 from lfads_lightning.model.module import (
     apply_gradient_mask,
@@ -33,6 +34,24 @@ OUTPUTS = ("params", "factors", "gen_states", "ic_mean", "ic_var", "ic_sample")
 CO_OUTPUTS = ("co_means", "co_vars", "co_samples")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-4)}  # (outputs abs, grads rel)
+
+
+@pytest.fixture(params=["native", "torch_ops"], autouse=True)
+def loops(request, monkeypatch):
+    """Every test runs with both CPU loop implementations of the fast path: the native kernels
+    (kernels.cpp) and the torch-op loops they fall back to."""
+    if request.param == "torch_ops":
+        monkeypatch.setattr(native, "_status", native.NativeStatus(False, "test: torch ops"))
+    elif not native.status().loaded:
+        pytest.skip(f"native kernels not loaded: {native.status().reason}")
+    return request.param
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_native_kernels_build_where_a_compiler_exists(loops):
+    """A broken kernels.cpp must fail here, not silently fall back to the slower loops."""
+    if loops == "native":
+        assert native.status().loaded, native.status().reason
 
 
 def run_both(

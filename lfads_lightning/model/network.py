@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lfads_lightning.config import ModelConfig
-from lfads_lightning.model import fused
+from lfads_lightning.model import fused, fused_decoder
 from lfads_lightning.model.gru import BidirectionalClippedGRU, ClippedGRUCell
 from lfads_lightning.model.layers import LfadsOutput, NormalizedLinear, lag_ci_states
 from lfads_lightning.model.priors import AutoregressivePrior, GaussianICPrior
@@ -340,7 +340,7 @@ class LFADS(nn.Module):
                 gen.weight_hh_cand,
                 factor_w.T,
             )
-            gen_states, factors, co_means, co_vars, co_samples = fused.decoder_scan(
+            gen_states, factors, co_means, co_vars, co_samples = fused_decoder.decoder_scan(
                 con_proj.reshape(steps, batch, -1),
                 gen_base,
                 self.con_h0.expand(batch, -1),

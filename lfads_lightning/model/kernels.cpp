@@ -1,0 +1,477 @@
+// Native CPU loops of the LFADS fast path (built and loaded by lfads_lightning/model/native.py).
+//
+// The same equations as the torch-op loops of fused.py (see the docstrings there), with the
+// per-bin elementwise work of a GRU step fused into two passes over [B, H] and the matmuls
+// called straight in the BLAS that torch links (sgemm_ / dgemm_ of libtorch_cpu). The torch-op
+// loops pay the interpreter and the dispatcher ~10 times per GRU step (180 decoder bins and 560
+// encoder steps per batch); here a step is 2-3 GEMM calls and 2 plain loops. Only the loops
+// live here: buffer allocation, the all-bins weight-gradient GEMMs and autograd stay in fused.py.
+//
+// Layout: sequences are time-major [T, B, W] with unit stride in W and any row / bin strides
+// (a bias expanded over bins has stride 0); the tape buffers (h [T+1, B, H], gate [T, B, 2H],
+// cand, rh, pre [T, B, H], dx [T, B, 3H]) and the weights are contiguous. The projected inputs
+// are not added into the GEMM outputs beforehand: the elementwise passes add them, so no copy
+// precedes a GEMM. float32 uses a polynomial exp (Cephes, ~1 ulp) that vectorises; float64
+// uses std::exp / std::tanh (the float64 equality tests compare to 1e-10).
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*, const int*);
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*);
+}
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// C[m, n] = beta * C + A[m, k] B[k, n], all row-major with row strides lda, ldb, ldc (the
+// column-major BLAS computes C^T = B^T A^T).
+template <typename T>
+void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+          T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  const char no = 'N';
+  const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+  const int LA = static_cast<int>(lda), LB = static_cast<int>(ldb), LC = static_cast<int>(ldc);
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>)
+    sgemm_(&no, &no, &N, &M, &K, &one, b, &LB, a, &LA, &beta, c, &LC);
+  else
+    dgemm_(&no, &no, &N, &M, &K, &one, b, &LB, a, &LA, &beta, c, &LC);
+}
+
+// exp for float32: Cephes' polynomial after the range reduction x = n ln2 + r, |r| <= ln2 / 2.
+// Written so that gcc vectorises it without -ffast-math: round-to-nearest through the 1.5 * 2^23
+// trick (floorf does not vectorise under the default -ftrapping-math) and 2^n built from bits.
+inline float exp_poly(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = (static_cast<int32_t>(n) + 127) << 23;
+  return p * scale.f;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_poly(-x)); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + exp_poly(2.0f * x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+
+// A [T, B, W] sequence with unit inner stride (row stride sb and bin stride st may be anything).
+template <typename T>
+struct Seq {
+  T* p = nullptr;
+  int64_t st = 0, sb = 0;
+  Seq() = default;
+  explicit Seq(const Tensor& x) : p(x.data_ptr<T>()), st(x.stride(0)), sb(x.stride(1)) {
+    TORCH_CHECK(x.dim() == 3 && (x.size(2) <= 1 || x.stride(2) == 1),
+                "lfads kernels: a sequence needs shape [T, B, W] with unit stride in W");
+  }
+  explicit Seq(const OptTensor& x) : Seq() {
+    if (x) *this = Seq(*x);
+  }
+  T* at(int64_t t) const { return p ? p + t * st : nullptr; }
+};
+
+template <typename T>
+T* contiguous_ptr(const Tensor& x, const char* what) {
+  TORCH_CHECK(x.is_contiguous(), "lfads kernels: ", what, " must be contiguous");
+  return x.data_ptr<T>();
+}
+
+// One clipped-GRU recurrence's tape (contiguous buffers, see the file header).
+template <typename T>
+struct Tape {
+  T *h, *gate, *cand, *rh, *pre;
+  int64_t B, H;
+  Tape(const Tensor& h_, const Tensor& gate_, const Tensor& cand_, const Tensor& rh_,
+       const Tensor& pre_)
+      : h(contiguous_ptr<T>(h_, "h")), gate(contiguous_ptr<T>(gate_, "gate")),
+        cand(contiguous_ptr<T>(cand_, "cand")), rh(contiguous_ptr<T>(rh_, "rh")),
+        pre(contiguous_ptr<T>(pre_, "pre")), B(gate_.size(-2)), H(cand_.size(-1)) {}
+  T* h_at(int64_t t) const { return h + t * B * H; }
+  T* gate_at(int64_t t) const { return gate + t * B * 2 * H; }
+  T* cand_at(int64_t t) const { return cand + t * B * H; }
+  T* rh_at(int64_t t) const { return rh + t * B * H; }
+  T* pre_at(int64_t t) const { return pre + t * B * H; }
+};
+
+// Additive inputs of one bin's pre-activations: x1 rows (stride ld1) plus optional x2 rows.
+template <typename T>
+struct Inputs {
+  const T* x1;
+  int64_t ld1;
+  const T* x2;
+  int64_t ld2;
+};
+
+// The elementwise passes: noexcept functions on raw pointers (gcc vectorises them; in a function
+// that also holds Tensors it refuses: "statement can throw an exception").
+template <typename T>
+void gates_pass(T* __restrict g, const T* __restrict x1, int64_t ld1, const T* __restrict x2,
+                int64_t ld2, const T* __restrict h, T* __restrict rh, int64_t B,
+                int64_t H) noexcept {
+  for (int64_t b = 0; b < B; ++b) {
+    T* __restrict gr = g + b * 2 * H;
+    const T* __restrict a = x1 + b * ld1;
+    if (x2) {
+      const T* __restrict c = x2 + b * ld2;
+      for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j] + a[j] + c[j]);
+    } else {
+      for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j] + a[j]);
+    }
+    for (int64_t j = 0; j < H; ++j) rh[b * H + j] = gr[j] * h[b * H + j];
+  }
+}
+
+template <typename T>
+void candidate_pass(const T* __restrict g, const T* __restrict x1, int64_t ld1,
+                    const T* __restrict x2, int64_t ld2, const T* __restrict h, T* __restrict c,
+                    T* __restrict n, T* __restrict h_next, int64_t B, int64_t H, T clip) noexcept {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* __restrict u = g + b * 2 * H + H;
+    const T* __restrict a = x1 + b * ld1 + 2 * H;
+    const T* __restrict e = x2 ? x2 + b * ld2 + 2 * H : a;  // unused when x2 is null
+    const T scale2 = x2 ? T(1) : T(0);
+    for (int64_t j = 0; j < H; ++j) {
+      const int64_t i = b * H + j;
+      const T cj = tanh_(c[i] + a[j] + scale2 * e[j]);
+      c[i] = cj;
+      const T nj = cj + u[j] * (h[i] - cj);
+      n[i] = nj;
+      h_next[i] = std::min(std::max(nj, -clip), clip);
+    }
+  }
+}
+
+// dx_c, dx_u and the carry dn * u (+ extra) of one backward bin; see gru_step_back.
+template <typename T>
+void back_gates(const T* __restrict g, const T* __restrict c, const T* __restrict n,
+                const T* __restrict h, const T* __restrict d, const T* __restrict extra,
+                int64_t ld_extra, T* __restrict dx, T* __restrict carry, int64_t B, int64_t H,
+                T clip) noexcept {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* __restrict u = g + b * 2 * H + H;
+    const T* __restrict ex = extra ? extra + b * ld_extra : nullptr;
+    T* __restrict row = dx + b * 3 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const int64_t i = b * H + j;
+      const T dn = std::abs(n[i]) <= clip ? d[i] : T(0);
+      const T uj = u[j], cj = c[i];
+      row[2 * H + j] = dn * (T(1) - uj) * (T(1) - cj * cj);
+      row[H + j] = dn * (h[i] - cj) * uj * (T(1) - uj);
+      carry[i] = dn * uj + (ex ? ex[j] : T(0));
+    }
+  }
+}
+
+// dx_r and the carry's reset term drh * r of one backward bin.
+template <typename T>
+void back_reset(const T* __restrict g, const T* __restrict h, const T* __restrict drh,
+                T* __restrict dx, T* __restrict carry, int64_t B, int64_t H) noexcept {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* __restrict r = g + b * 2 * H;
+    T* __restrict row = dx + b * 3 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const int64_t i = b * H + j;
+      row[j] = drh[i] * h[i] * r[j] * (T(1) - r[j]);
+      carry[i] += drh[i] * r[j];
+    }
+  }
+}
+
+// Forward of bin t: h[t+1] from h[t]; the projected input of the bin is x1 (+ x2), [B, 3H] rows.
+template <typename T>
+void gru_step(const Tape<T>& tp, int64_t t, Inputs<T> x, const T* wg, const T* wc, T clip) {
+  const int64_t B = tp.B, H = tp.H;
+  T *h = tp.h_at(t), *g = tp.gate_at(t), *rh = tp.rh_at(t), *c = tp.cand_at(t);
+  gemm<T>(B, 2 * H, H, h, H, wg, 2 * H, T(0), g, 2 * H);
+  gates_pass<T>(g, x.x1, x.ld1, x.x2, x.ld2, h, rh, B, H);
+  gemm<T>(B, H, H, rh, H, wc, H, T(0), c, H);
+  candidate_pass<T>(g, x.x1, x.ld1, x.x2, x.ld2, h, c, tp.pre_at(t), tp.h_at(t + 1), B, H, clip);
+}
+
+// Backward of bin t. dh: gradient w.r.t. h[t+1] ([B, H]); extra: gradient arriving directly at
+// h[t] (rows of stride ld_extra, or null). Writes dx[t] = [dx_r, dx_u, dx_c] and dh_prev.
+//   dn = dh [|n| <= k];  dx_c = dn (1 - u)(1 - c^2);  dx_u = dn (h - c) u (1 - u)
+//   drh = dx_c Wc^T;     dx_r = drh h r (1 - r);      dh_prev = dn u + drh r + [dx_r, dx_u] Wg^T
+template <typename T>
+void gru_step_back(const Tape<T>& tp, int64_t t, const T* dh, const T* extra, int64_t ld_extra,
+                   T* dx, const T* wg_t, const T* wc_t, T clip, T* drh, T* dh_prev) {
+  const int64_t B = tp.B, H = tp.H;
+  const T *g = tp.gate_at(t), *h = tp.h_at(t);
+  back_gates<T>(g, tp.cand_at(t), tp.pre_at(t), h, dh, extra, ld_extra, dx, dh_prev, B, H, clip);
+  gemm<T>(B, H, H, dx + 2 * H, 3 * H, wc_t, H, T(0), drh, H);
+  back_reset<T>(g, h, drh, dx, dh_prev, B, H);
+  gemm<T>(B, H, 2 * H, dx, 3 * H, wg_t, H, T(1), dh_prev, H);
+}
+
+// ------------------------------------------------------------------- encoders / autonomous gen
+
+void gru_forward(const Tensor& x, const Tensor& h, const Tensor& gate, const Tensor& cand,
+                 const Tensor& rh, const Tensor& pre, const Tensor& wg_, const Tensor& wc_,
+                 double clip) {
+  // x [G, T, B, 3H] (unit inner stride); buffers [G, T(+1), B, *]; wg [G, H, 2H], wc [G, H, H].
+  const int64_t groups = gate.size(0), steps = gate.size(1);
+  const Tensor wg = wg_.contiguous(), wc = wc_.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(gate.scalar_type(), "lfads_gru_forward", [&] {
+    using T = scalar_t;
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const Tape<T> tp(h[grp], gate[grp], cand[grp], rh[grp], pre[grp]);
+      const Seq<T> xs(x[grp]);
+      const T *w_g = wg[grp].data_ptr<T>(), *w_c = wc[grp].data_ptr<T>();
+      for (int64_t t = 0; t < steps; ++t)
+        gru_step<T>(tp, t, {xs.at(t), xs.sb, nullptr, 0}, w_g, w_c, static_cast<T>(clip));
+    }
+  });
+}
+
+Tensor gru_backward(const Tensor& g_states, const Tensor& h, const Tensor& gate,
+                    const Tensor& cand, const Tensor& rh, const Tensor& pre, const Tensor& wg_t,
+                    const Tensor& wc_t, double clip, const Tensor& dx) {
+  // g_states [G, T, B, H] (unit inner stride); wg_t [G, 2H, H], wc_t [G, H, H] (contiguous);
+  // fills dx [G, T, B, 3H]; returns the gradient w.r.t. h0 [G, B, H].
+  const int64_t groups = gate.size(0), steps = gate.size(1), B = gate.size(2), H = cand.size(3);
+  Tensor dh0 = at::empty({groups, B, H}, gate.options());
+  AT_DISPATCH_FLOATING_TYPES(gate.scalar_type(), "lfads_gru_backward", [&] {
+    using T = scalar_t;
+    Tensor bufs = at::empty({3, B, H}, gate.options());
+    T* drh = bufs.data_ptr<T>();
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const Tape<T> tp(h[grp], gate[grp], cand[grp], rh[grp], pre[grp]);
+      const Seq<T> gs(g_states[grp]);
+      T* dxp = contiguous_ptr<T>(dx[grp], "dx");
+      const T *w_g = contiguous_ptr<T>(wg_t[grp], "wg_t"), *w_c = contiguous_ptr<T>(wc_t[grp], "wc_t");
+      T *dh = drh + B * H, *next = drh + 2 * B * H;
+      for (int64_t b = 0; b < B; ++b)
+        std::copy(gs.at(steps - 1) + b * gs.sb, gs.at(steps - 1) + b * gs.sb + H, dh + b * H);
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        const T* ex = t > 0 ? gs.at(t - 1) : nullptr;
+        gru_step_back<T>(tp, t, dh, ex, gs.sb, dxp + t * B * 3 * H, w_g, w_c,
+                         static_cast<T>(clip), drh, next);
+        std::swap(dh, next);
+      }
+      std::copy(dh, dh + B * H, dh0[grp].data_ptr<T>());
+    }
+  });
+  return dh0;
+}
+
+// ---------------------------------------------------------------------------- decoder loop
+// Argument lists follow fused._DecoderScan (see its docstring for the equations).
+
+template <typename T>
+struct DecoderWeights {  // forward: (W_f, con W_g, con W_c, W_o^T, b_o, W_u, gen W_g, gen W_c, W_fac^T)
+  std::vector<Tensor> keep;  // contiguous copies where needed (kept alive)
+  std::vector<const T*> p;
+  explicit DecoderWeights(const std::vector<Tensor>& w) {
+    for (const Tensor& x : w) keep.push_back(x.contiguous());
+    for (const Tensor& x : keep) p.push_back(x.data_ptr<T>());
+  }
+};
+
+template <typename T>
+void co_sample_pass(T* __restrict o, const T* __restrict bias, T* __restrict v, T* __restrict sd,
+                    T* __restrict u, const T* __restrict e, int64_t B, int64_t co,
+                    T vmin) noexcept {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < 2 * co; ++j) o[b * 2 * co + j] += bias[j];
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < co; ++j) {
+      const T vj = std::exp(o[b * 2 * co + co + j]) + vmin;
+      v[b * co + j] = vj;
+      if (e) {
+        const T s = std::sqrt(vj);
+        sd[b * co + j] = s;
+        u[b * co + j] = o[b * 2 * co + j] + s * e[b * co + j];
+      }
+    }
+}
+
+template <typename T>
+void mask_pass(const T* __restrict x, const T* __restrict m, T* __restrict y, int64_t n) noexcept {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * m[i];
+}
+
+void decoder_forward(const Tensor& con_proj, const Tensor& gen_base, const Tensor& con_h,
+                     const Tensor& con_gate, const Tensor& con_cand, const Tensor& con_rh,
+                     const Tensor& con_pre, const Tensor& gen_h, const Tensor& gen_gate,
+                     const Tensor& gen_cand, const Tensor& gen_rh, const Tensor& gen_pre,
+                     const Tensor& fac, const Tensor& a, const Tensor& gm, const Tensor& out,
+                     const Tensor& var, const OptTensor& std_, const Tensor& u,
+                     const std::vector<Tensor>& w, const OptTensor& noise,
+                     const OptTensor& mask_fac, const OptTensor& mask_gen, double clip,
+                     double var_min) {
+  const int64_t steps = con_proj.size(0), B = con_proj.size(1);
+  const int64_t C = con_cand.size(2), G = gen_cand.size(2), F = fac.size(2), co = var.size(2);
+  AT_DISPATCH_FLOATING_TYPES(con_proj.scalar_type(), "lfads_decoder_forward", [&] {
+    using T = scalar_t;
+    const T k = static_cast<T>(clip), vmin = static_cast<T>(var_min);
+    const Tape<T> con(con_h, con_gate, con_cand, con_rh, con_pre);
+    const Tape<T> gen(gen_h, gen_gate, gen_cand, gen_rh, gen_pre);
+    const DecoderWeights<T> wt(w);
+    const auto& W = wt.p;
+    const Seq<T> cp(con_proj), gb(gen_base), us(u), sd(std_), ns(noise), mf(mask_fac), mg(mask_gen);
+    T *fa = contiguous_ptr<T>(fac, "fac"), *ap = contiguous_ptr<T>(a, "a");
+    T *gmp = contiguous_ptr<T>(gm, "gm"), *op = contiguous_ptr<T>(out, "out");
+    T* vp = contiguous_ptr<T>(var, "var");
+    Tensor scratch = at::empty({B, 3 * std::max(C, G)}, con_proj.options());
+    T* xs = scratch.data_ptr<T>();
+    for (int64_t t = 0; t < steps; ++t) {
+      T* a_t = ap + t * B * F;
+      if (mf.p) mask_pass<T>(fa + t * B * F, mf.at(t), a_t, B * F);
+      gemm<T>(B, 3 * C, F, a_t, F, W[0], 3 * C, T(0), xs, 3 * C);
+      gru_step<T>(con, t, {cp.at(t), cp.sb, xs, 3 * C}, W[1], W[2], k);
+      T* o = op + t * B * 2 * co;
+      gemm<T>(B, 2 * co, C, con.h_at(t + 1), C, W[3], 2 * co, T(0), o, 2 * co);
+      co_sample_pass<T>(o, W[4], vp + t * B * co, sd.at(t), us.at(t), ns.at(t), B, co, vmin);
+      gemm<T>(B, 3 * G, co, us.at(t), us.sb, W[5], 3 * G, T(0), xs, 3 * G);
+      gru_step<T>(gen, t, {gb.at(t), gb.sb, xs, 3 * G}, W[6], W[7], k);
+      T* gm_t = gmp + t * B * G;
+      if (mg.p) mask_pass<T>(gen.h_at(t + 1), mg.at(t), gm_t, B * G);
+      gemm<T>(B, F, G, gm_t, G, W[8], F, T(0), fa + (t + 1) * B * F, F);
+    }
+  });
+}
+
+// dfac_t = G_f,t + carry * mf_{t+1} (carry = dx_con,t+1 W_f^T; none at the last bin).
+template <typename T>
+void factor_grad_pass(const T* __restrict gf, int64_t ld, const T* __restrict carry,
+                      const T* __restrict mf, T* __restrict df, int64_t B, int64_t F) noexcept {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < F; ++j) {
+      const int64_t i = b * F + j;
+      T cf = carry ? carry[i] : T(0);
+      if (mf) cf *= mf[i];
+      df[i] = gf[b * ld + j] + cf;
+    }
+}
+
+// dm = G_m + du, dlv = (G_v + du eps / (2 std)) exp(lv), du = G_u + dx_gen W_u^T.
+template <typename T>
+void co_grad_pass(const T* __restrict du, const T* __restrict o, const T* __restrict sd,
+                  const T* __restrict e, const T* gm, int64_t ldm, const T* gv, int64_t ldv,
+                  const T* gu, int64_t ldu, T* __restrict dout, int64_t B, int64_t co) noexcept {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < co; ++j) {
+      const int64_t i = b * co + j;
+      const T exp_lv = std::exp(o[b * 2 * co + co + j]);
+      const T du_i = du[i] + gu[b * ldu + j];
+      dout[b * 2 * co + j] = gm[b * ldm + j] + du_i;
+      T dlv = gv[b * ldv + j] * exp_lv;
+      if (e) dlv += du_i * (T(0.5) * e[i] / sd[i] * exp_lv);
+      dout[b * 2 * co + co + j] = dlv;
+    }
+}
+
+std::vector<Tensor> decoder_backward(
+    const Tensor& g_gen, const Tensor& g_fac, const Tensor& g_mean, const Tensor& g_var,
+    const Tensor& g_u, const Tensor& con_h, const Tensor& con_gate, const Tensor& con_cand,
+    const Tensor& con_rh, const Tensor& con_pre, const Tensor& gen_h, const Tensor& gen_gate,
+    const Tensor& gen_cand, const Tensor& gen_rh, const Tensor& gen_pre, const Tensor& out,
+    const OptTensor& std_, const OptTensor& noise, const OptTensor& mask_fac,
+    const OptTensor& mask_gen, const std::vector<Tensor>& w_t, const Tensor& con_dx,
+    const Tensor& gen_dx, const Tensor& dfac, const Tensor& dout, double clip) {
+  // w_t = (W_f^T, con W_g^T, con W_c^T, W_o, W_u^T, gen W_g^T, gen W_c^T, W_fac): transposes of
+  // the forward weights. Fills con_dx, gen_dx, dfac [T, B, F], dout [T, B, 2 co]; returns
+  // (d con_h0, d gen_h0, d fac0).
+  const int64_t steps = g_mean.size(0), B = g_mean.size(1);
+  const int64_t C = con_cand.size(2), G = gen_cand.size(2), F = dfac.size(2), co = g_mean.size(2);
+  std::vector<Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(g_mean.scalar_type(), "lfads_decoder_backward", [&] {
+    using T = scalar_t;
+    const T k = static_cast<T>(clip);
+    const Tape<T> con(con_h, con_gate, con_cand, con_rh, con_pre);
+    const Tape<T> gen(gen_h, gen_gate, gen_cand, gen_rh, gen_pre);
+    const DecoderWeights<T> wt(w_t);
+    const auto& W = wt.p;
+    const Seq<T> sgg(g_gen), sgf(g_fac), sgm(g_mean), sgv(g_var), sgu(g_u);
+    const Seq<T> sd(std_), ns(noise), mf(mask_fac), mg(mask_gen);
+    T *cdx = contiguous_ptr<T>(con_dx, "con_dx"), *gdx = contiguous_ptr<T>(gen_dx, "gen_dx");
+    T *dfp = contiguous_ptr<T>(dfac, "dfac"), *dop = contiguous_ptr<T>(dout, "dout");
+    const T* op = contiguous_ptr<T>(out, "out");
+    Tensor d_con0 = at::zeros({B, C}, out.options()), d_gen0 = at::empty({B, G}, out.options());
+    Tensor d_fac0 = at::empty({B, F}, out.options());
+    Tensor bufs = at::empty({3 * B * G + 2 * B * C + B * co}, out.options());
+    T *d_gen = d_gen0.data_ptr<T>(), *d_gen_next = bufs.data_ptr<T>(), *g_drh = d_gen_next + B * G;
+    T *d_gm = g_drh + B * G, *d_con = d_con0.data_ptr<T>(), *d_con_next = d_gm + B * G;
+    T *c_drh = d_con_next + B * C, *du = c_drh + B * C, *carry = d_fac0.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(sgg.at(steps - 1) + b * sgg.sb, sgg.at(steps - 1) + b * sgg.sb + G, d_gen + b * G);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      T* df = dfp + t * B * F;
+      const bool last = t + 1 == steps;
+      factor_grad_pass<T>(sgf.at(t), sgf.sb, last ? nullptr : carry, last ? nullptr : mf.at(t + 1),
+                          df, B, F);
+      if (mg.p) {
+        gemm<T>(B, G, F, df, F, W[7], G, T(0), d_gm, G);
+        const T* m = mg.at(t);
+        for (int64_t i = 0; i < B * G; ++i) d_gen[i] += d_gm[i] * m[i];
+      } else {
+        gemm<T>(B, G, F, df, F, W[7], G, T(1), d_gen, G);
+      }
+      T* gdx_t = gdx + t * B * 3 * G;
+      gru_step_back<T>(gen, t, d_gen, t > 0 ? sgg.at(t - 1) : nullptr, sgg.sb, gdx_t, W[5], W[6],
+                       k, g_drh, d_gen_next);
+      std::swap(d_gen, d_gen_next);
+      gemm<T>(B, co, 3 * G, gdx_t, 3 * G, W[4], co, T(0), du, co);
+      T* dout_t = dop + t * B * 2 * co;
+      co_grad_pass<T>(du, op + t * B * 2 * co, sd.at(t), ns.at(t), sgm.at(t), sgm.sb, sgv.at(t),
+                      sgv.sb, sgu.at(t), sgu.sb, dout_t, B, co);
+      gemm<T>(B, C, 2 * co, dout_t, 2 * co, W[3], C, T(1), d_con, C);
+      T* cdx_t = cdx + t * B * 3 * C;
+      gru_step_back<T>(con, t, d_con, nullptr, 0, cdx_t, W[1], W[2], k, c_drh, d_con_next);
+      std::swap(d_con, d_con_next);
+      gemm<T>(B, F, 3 * C, cdx_t, 3 * C, W[0], F, T(0), carry, F);
+    }
+    if (mf.p)
+      for (int64_t i = 0; i < B * F; ++i) carry[i] *= mf.at(0)[i];
+    // the running buffers may have ended in the scratch block: copy out what is returned
+    Tensor con_out = at::empty({B, C}, out.options()), gen_out = at::empty({B, G}, out.options());
+    std::copy(d_con, d_con + B * C, con_out.data_ptr<T>());
+    std::copy(d_gen, d_gen + B * G, gen_out.data_ptr<T>());
+    result = {con_out, gen_out, d_fac0};
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lfads_kernels, m) {
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  m.def("decoder_forward", &decoder_forward);
+  m.def("decoder_backward", &decoder_backward);
+}
