@@ -3,9 +3,11 @@
 Sizes: 107 held-in -> 142 reconstructed neurons, 140 observed + 40 forward bins, NLB reference
 dims (ic_enc 100, ci_enc 80, con 80, co 4, ic 100, gen 100, fac 40), controller on.
 
-Three variants, timed in one process with interleaved repeats (machines here are noisy, so the
+Four variants, timed in one process with interleaved repeats (machines here are noisy, so the
 ratios measured within one run are the figures to compare across runs):
-- `fast`: LFADS with `model.fast_path: true` (the fused kernels of lfads_lightning/model/fused.py);
+- `fast`: LFADS with `model.fast_path: true`, as users get it: the fused kernels of
+  lfads_lightning/model/fused.py with their loops in native code (kernels.cpp) where it builds;
+- `fast_torch_ops`: the same fast path with its torch-op loops (the fallback without a compiler);
 - `reference`: the same model with `model.fast_path: false` (per-bin autograd);
 - `nn_gru`: a plain stand-in of the same sizes made of PyTorch's fused `nn.GRU` layers (no
   controller loop, no clipping): what a cuDNN/oneDNN-style recurrence costs here.
@@ -17,7 +19,9 @@ the step's resident-memory high-water mark (PyTorch's CPU allocator returns to m
 `tracemalloc` does not see). The matmul floor: every GEMM the model needs per trial (forward,
 input gradients, weight gradients) is counted analytically and timed alone at its own shape
 with one thread; the floor is the sum of those times, `fraction_of_matmul_floor` the floor's
-time divided by the fast path's measured step time (batch 64, 1 thread).
+time divided by the fast path's measured step time (batch 64, 1 thread). The native kernels'
+one-off build is timed too, into an empty temporary cache (`native_compile_s`); a PBT run's
+workers share the built library through the cache under ~/.cache.
 
 Usage: python benchmarks/bench_throughput.py [--quick] [--repeats 7] [--threads 1 2] [--batches 64 100]
 (batch 64 with 1 thread must be among the settings: the headline figures are taken there)
@@ -27,6 +31,7 @@ Writes benchmarks/results/throughput.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +47,14 @@ import torch
 from torch import nn
 
 from lfads_lightning.config import ModelConfig
+from lfads_lightning.model import native
 from lfads_lightning.model.network import LFADS
 
 ENC_DIM, RECON_DIM, T_OBS, T_FWD = 107, 142, 140, 40
 DIMS = dict(
     ic_enc_dim=100, ci_enc_dim=80, con_dim=80, co_dim=4, ic_dim=100, gen_dim=100, fac_dim=40
 )
-VARIANTS = ("fast", "reference", "nn_gru")
+VARIANTS = ("fast", "fast_torch_ops", "reference", "nn_gru")
 
 
 class FusedGRUReference(nn.Module):
@@ -83,7 +90,7 @@ def gru_loss(model: FusedGRUReference, x: torch.Tensor, y: torch.Tensor) -> torc
 def build(variant: str) -> tuple[nn.Module, object]:
     if variant == "nn_gru":
         return FusedGRUReference(), gru_loss
-    cfg = ModelConfig(**DIMS, fast_path=variant == "fast")
+    cfg = ModelConfig(**DIMS, fast_path=variant.startswith("fast"))
     return LFADS(cfg, [ENC_DIM], [RECON_DIM], T_OBS, T_OBS + T_FWD), lfads_loss
 
 
@@ -91,6 +98,9 @@ class Stepper:
     def __init__(self, variant: str, batch: int) -> None:
         torch.manual_seed(0)
         self.model, self.loss = build(variant)
+        self.loops = (
+            native.torch_ops_only if variant == "fast_torch_ops" else contextlib.nullcontext
+        )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.x = torch.poisson(torch.full((batch, T_OBS, ENC_DIM), 0.1))
         self.y = torch.poisson(torch.full((batch, T_OBS + T_FWD, RECON_DIM), 0.1))
@@ -98,10 +108,11 @@ class Stepper:
     def step(self) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) of one training step."""
         start, cpu = time.perf_counter(), time.process_time()
-        loss = self.loss(self.model, self.x, self.y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        with self.loops():
+            loss = self.loss(self.model, self.x, self.y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
         return time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -232,6 +243,17 @@ def matmul_floor(batch: int, reps: int) -> dict[str, float]:
     }
 
 
+def native_build() -> dict[str, object]:
+    """The native kernels as this run used them, and the time of a cold build."""
+    status = native.status()
+    result: dict[str, object] = {"loaded": status.loaded, "library": status.reason}
+    cxx = native._compiler()
+    if status.loaded and cxx:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["native_compile_s"] = native._build(cxx, Path(tmp) / "cold.so")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats (a few minutes)")
@@ -263,6 +285,7 @@ def main() -> None:
               flush=True)  # fmt: skip
     floor = matmul_floor(64, reps=3 if args.quick else 5)
     memory = {v: peak_memory(v, 64) for v in ("fast", "reference")}
+    build_info = native_build()
     main_setting = settings["batch64_threads1"]
     fast_step_s = 64 / main_setting["fast"]["median"]
     result = {
@@ -274,6 +297,10 @@ def main() -> None:
             "speedup_fast_over_reference"
         ),
         "fast_trials_per_s": main_setting["fast"]["median"],
+        "fast_torch_ops_trials_per_s": main_setting["fast_torch_ops"]["median"],
+        "speedup_native_over_torch_ops": main_setting["fast"]["median"]
+        / main_setting["fast_torch_ops"]["median"],
+        "native_kernels": build_info,
         "reference_trials_per_s": main_setting["reference"]["median"],
         "nn_gru_trials_per_s": main_setting["nn_gru"]["median"],
         "fraction_of_matmul_floor": floor["floor_seconds_per_step"] / fast_step_s,

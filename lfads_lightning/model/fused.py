@@ -30,6 +30,7 @@ Backward of one step, given dh' (the gradient w.r.t. the clipped state h'):
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -59,13 +60,15 @@ class _GruTape:
         self.h, self.gate, self.cand = new(steps + 1, hid), new(steps, 2 * hid), new(steps, hid)
         self.rh, self.pre = new(steps, hid), new(steps, hid)
         self.h.select(self.tdim, 0).copy_(h0)
-        self.h_t, self.gate_t = self._bins(self.h), self._bins(self.gate)
-        self.r_t, self.u_t = self._bins(self.gate[..., :hid]), self._bins(self.gate[..., hid:])
-        self.cand_t, self.rh_t, self.pre_t = (
-            self._bins(self.cand),
-            self._bins(self.rh),
-            self._bins(self.pre),
-        )
+
+    # Per-bin views for the torch-op loops, made once on first use (the native loops need none).
+    h_t = cached_property(lambda self: self._bins(self.h))
+    gate_t = cached_property(lambda self: self._bins(self.gate))
+    r_t = cached_property(lambda self: self._bins(self.gate[..., : self.hid]))
+    u_t = cached_property(lambda self: self._bins(self.gate[..., self.hid :]))
+    cand_t = cached_property(lambda self: self._bins(self.cand))
+    rh_t = cached_property(lambda self: self._bins(self.rh))
+    pre_t = cached_property(lambda self: self._bins(self.pre))
 
     def _bins(self, buffer: Tensor) -> tuple[Tensor, ...]:
         """Per-bin views, made once (indexing inside the loops costs an op per bin)."""

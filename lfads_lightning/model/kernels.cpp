@@ -17,6 +17,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -467,6 +468,95 @@ std::vector<Tensor> decoder_backward(
   return result;
 }
 
+// ---------------------------------------------------------------------------- dropout masks
+// Philox-4x32-10 (Salmon et al. 2011, the generator of torch's CUDA backend): counter-based, so
+// every block of 4 mask entries is computed independently and the loop vectorises. One call of
+// torch's own generator supplies the 64-bit key, so torch.manual_seed makes masks reproducible.
+
+inline void philox_round(uint32_t* c, uint32_t k0, uint32_t k1) {
+  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c[0];
+  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
+  const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c[1] ^ k0;
+  const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c[3] ^ k1;
+  c[1] = static_cast<uint32_t>(p1);
+  c[3] = static_cast<uint32_t>(p0);
+  c[0] = n0;
+  c[2] = n2;
+}
+
+// The 4 outputs of block n under a 64-bit key.
+inline void philox_block(int64_t n, uint64_t key, uint32_t* c) {
+  c[0] = static_cast<uint32_t>(n);
+  c[1] = static_cast<uint32_t>(static_cast<uint64_t>(n) >> 32);
+  c[2] = c[3] = 0u;
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int r = 0; r < 10; ++r) {
+    philox_round(c, k0, k1);
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+template <typename T>
+inline T keep_or_drop(uint32_t bits, float p, T keep) {  // uniform on [0, 1) with 24 bits
+  return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f) >= p ? keep : T(0);
+}
+
+template <typename T>
+void mask_blocks(T* __restrict out, int64_t blocks, uint64_t key, float p, T keep) noexcept {
+  for (int64_t n = 0; n < blocks; ++n) {
+    uint32_t c[4];
+    philox_block(n, key, c);
+    for (int j = 0; j < 4; ++j) out[4 * n + j] = keep_or_drop<T>(c[j], p, keep);
+  }
+}
+
+// Fills `out` (contiguous, float32/float64) with an inverted-dropout mask: 1 / (1 - p) with
+// probability 1 - p, else 0.
+void dropout_mask(const Tensor& out, double p, int64_t seed) {
+  const int64_t n = out.numel(), blocks = n / 4;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lfads_dropout_mask", [&] {
+    using T = scalar_t;
+    T* o = contiguous_ptr<T>(out, "dropout mask");
+    const T keep = static_cast<T>(1.0 / (1.0 - p));
+    const uint64_t key = static_cast<uint64_t>(seed);
+    mask_blocks<T>(o, blocks, key, static_cast<float>(p), keep);
+    uint32_t c[4];
+    philox_block(blocks, key, c);
+    for (int64_t i = 4 * blocks; i < n; ++i)
+      o[i] = keep_or_drop<T>(c[i - 4 * blocks], static_cast<float>(p), keep);
+  });
+}
+
+// ------------------------------------------------------------------- Poisson constant term
+// lgamma(x + 1) for spike counts: small non-negative integers are looked up in a table (the
+// values std::lgamma gives, rounded to T once), anything else goes to std::lgamma.
+
+template <typename T>
+void log_factorial_pass(const T* __restrict x, T* __restrict y, int64_t n,
+                        const T* __restrict table, int64_t size) noexcept {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    const int64_t k = static_cast<int64_t>(v);
+    y[i] = (v >= T(0) && v < static_cast<T>(size) && static_cast<T>(k) == v)
+               ? table[k]
+               : static_cast<T>(std::lgamma(static_cast<double>(v) + 1.0));
+  }
+}
+
+Tensor log_factorial(const Tensor& x_) {
+  const Tensor x = x_.contiguous();
+  Tensor y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lfads_log_factorial", [&] {
+    using T = scalar_t;
+    constexpr int64_t size = 256;
+    T table[size];
+    for (int64_t k = 0; k < size; ++k) table[k] = static_cast<T>(std::lgamma(k + 1.0));
+    log_factorial_pass<T>(x.data_ptr<T>(), y.data_ptr<T>(), x.numel(), table, size);
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lfads_kernels, m) {
@@ -474,4 +564,6 @@ TORCH_LIBRARY(lfads_kernels, m) {
   m.def("gru_backward", &gru_backward);
   m.def("decoder_forward", &decoder_forward);
   m.def("decoder_backward", &decoder_backward);
+  m.def("dropout_mask", &dropout_mask);
+  m.def("log_factorial", &log_factorial);
 }

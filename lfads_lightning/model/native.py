@@ -174,4 +174,22 @@ def ops():
     return torch.ops.lfads_kernels
 
 
+def log_factorial(x: torch.Tensor) -> torch.Tensor:
+    """lgamma(x + 1), the Poisson likelihood's constant term (a table for integer counts)."""
+    if x.requires_grad or not usable(x):
+        return torch.lgamma(x + 1.0)
+    return ops().log_factorial(x)
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor | None:
+    """Inverted-dropout mask (0 or 1 / (1 - p)) drawn by the native Philox sampler, keyed by one
+    draw of torch's generator (so torch.manual_seed reproduces it); None where not usable."""
+    if not usable(like):
+        return None
+    seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    mask = torch.empty(shape, dtype=like.dtype)
+    ops().dropout_mask(mask, float(p), seed)
+    return mask
+
+
 _DTYPES = (torch.float32, torch.float64)

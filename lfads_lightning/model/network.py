@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lfads_lightning.config import ModelConfig
-from lfads_lightning.model import fused, fused_decoder
+from lfads_lightning.model import fused, fused_decoder, native
 from lfads_lightning.model.gru import BidirectionalClippedGRU, ClippedGRUCell
 from lfads_lightning.model.layers import LfadsOutput, NormalizedLinear, lag_ci_states
 from lfads_lightning.model.priors import AutoregressivePrior, GaussianICPrior
@@ -210,16 +210,22 @@ class LFADS(nn.Module):
     def _dropout_mask(self, *shape: int, like: Tensor) -> Tensor | None:
         """Inverted-dropout mask (0 or 1 / (1 - p)), None when dropout is off (eval mode).
 
-        torch.rand >= p is about 3x cheaper on CPU than nn.Dropout's Bernoulli draw; with
-        `reference_draws` the mask is dropout(ones), the exact draw the reference makes.
+        On CPU the native Philox sampler draws it (~3x cheaper than torch.rand >= p, itself
+        ~3x cheaper than nn.Dropout's Bernoulli draw); with `reference_draws` the mask is
+        dropout(ones), the exact draw the reference makes.
         """
         if not self.dropout.training:
             return None
         if self.reference_draws:
             return self.dropout(like.new_ones(shape))
         p = self.dropout.p
+        if p <= 0.0:
+            return None
         if p >= 1.0:
             return like.new_zeros(shape)
+        mask = native.dropout_mask(shape, p, like)  # CPU: Philox in native code, ~3x cheaper
+        if mask is not None:
+            return mask
         return torch.rand(shape, dtype=like.dtype, device=like.device).ge_(p).mul_(1.0 / (1.0 - p))
 
     def _apply_dropout(self, x: Tensor) -> Tensor:

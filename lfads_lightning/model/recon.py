@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lfads_lightning.model import native
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -40,7 +42,7 @@ class Poisson(Reconstruction):
 
     def nll(self, params: Tensor, data: Tensor) -> Tensor:
         log_rate = params[..., 0]
-        return torch.exp(log_rate) - data * log_rate + torch.lgamma(data + 1.0)
+        return torch.exp(log_rate) - data * log_rate + native.log_factorial(data)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.exp(params[..., 0])
