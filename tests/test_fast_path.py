@@ -210,3 +210,24 @@ def test_clip_gradient_is_exact(device):
     assert torch.equal(states[0, 0], torch.tensor([[5.0, -5.0, 5.0, 1.0]], device=device).double())
     assert torch.equal(h_ref.grad, expected)
     assert torch.equal(h_fast.grad, expected)
+
+
+@pytest.mark.parametrize("case", ["controller", "autonomous", "ext_inputs"])
+def test_forward_without_grad_matches_forward_with_grad(case):
+    """Without a backward to follow, the native loops keep one bin of gate buffers (scratch);
+    every output must be the same as with the full tape (dropout masks on, same draws)."""
+    kwargs = {"dropout_rate": 0.3, **CASES[case]}
+    ext = kwargs.pop("ext", 0)
+    cfg = ModelConfig(**{**SMALL, **kwargs})
+    torch.manual_seed(0)
+    lfads = LFADS(cfg, [7], [9], T_ENC, T_REC, ext).train()
+    x = torch.poisson(torch.full((BATCH, T_ENC, 7), 1.5))
+    ext_input = torch.randn(BATCH, T_REC, ext) if ext else None
+    results = []
+    for grad in (True, False):
+        torch.manual_seed(4)
+        with torch.set_grad_enabled(grad):
+            out = lfads(x, ext_input=ext_input)
+        results.append({name: getattr(out, name).detach() for name in OUTPUTS + CO_OUTPUTS})
+    for name, value in results[0].items():
+        assert torch.equal(value, results[1][name]), name

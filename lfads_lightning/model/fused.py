@@ -48,7 +48,9 @@ class _GruTape:
     that [*lead, T * B, ...] is a free reshape for the all-bins weight-gradient matmuls.
     """
 
-    def __init__(self, h0: Tensor, steps: int) -> None:
+    def __init__(self, h0: Tensor, steps: int, scratch: bool = False) -> None:
+        """scratch: no backward will run (the native loops then keep gate, candidate, r * h and
+        the pre-clip state for one bin only, reused by every bin; the states h stay whole)."""
         lead, (batch, hid) = h0.shape[:-2], h0.shape[-2:]
         self.tdim, self.hid, self.steps = len(lead), hid, steps
         self.addmm = torch.baddbmm if lead else torch.addmm
@@ -57,8 +59,9 @@ class _GruTape:
         def new(n: int, width: int) -> Tensor:
             return h0.new_empty(*lead, n, batch, width)
 
-        self.h, self.gate, self.cand = new(steps + 1, hid), new(steps, 2 * hid), new(steps, hid)
-        self.rh, self.pre = new(steps, hid), new(steps, hid)
+        bins = 1 if scratch else steps
+        self.h, self.gate, self.cand = new(steps + 1, hid), new(bins, 2 * hid), new(bins, hid)
+        self.rh, self.pre = new(bins, hid), new(bins, hid)
         self.h.select(self.tdim, 0).copy_(h0)
 
     # Per-bin views for the torch-op loops, made once on first use (the native loops need none).
@@ -161,9 +164,11 @@ class _GruTape:
 
 class _GruScan(Function):
     @staticmethod
-    def forward(ctx: Any, x_proj: Tensor, h0: Tensor, wg: Tensor, wc: Tensor, clip: float):
-        tape = _GruTape(h0, x_proj.shape[-3])
+    def forward(
+        ctx: Any, x_proj: Tensor, h0: Tensor, wg: Tensor, wc: Tensor, clip: float, grad: bool
+    ):
         ctx.native = native.usable(x_proj, h0, wg, wc)
+        tape = _GruTape(h0, x_proj.shape[-3], scratch=ctx.native and not grad)
         if ctx.native:
             native.ops().gru_forward(x_proj, *tape.native_args(), wg, wc, clip)
         else:
@@ -180,7 +185,7 @@ class _GruScan(Function):
         tape, (wg, wc) = ctx.tape, ctx.saved_tensors
         if ctx.native:
             del ctx.tape
-            return (*_gru_backward_native(tape, g_states, wg, wc, ctx.clip), None)
+            return (*_gru_backward_native(tape, g_states, wg, wc, ctx.clip), None, None)
         tape.prepare_backward(ctx.clip, wg, wc)
         g = g_states.unbind(-3)
         dh = g[-1]
@@ -188,7 +193,12 @@ class _GruScan(Function):
             dh = tape.step_back(t, dh, g[t - 1] if t > 0 else None)
         dwg, dwc = tape.weight_grads()
         del ctx.tape
-        return tape.dx(), dh, dwg, dwc, None
+        return tape.dx(), dh, dwg, dwc, None, None
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether a backward can follow (else the forward keeps no tape)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -216,4 +226,4 @@ def gru_scan(x_proj: Tensor, h0: Tensor, wg: Tensor, wc: Tensor, clip: float) ->
     x_proj [G, T, B, 3H] (biases included), h0 [G, B, H], wg [G, H, 2H], wc [G, H, H]
     -> states [G, T, B, H] (the state after each bin).
     """
-    return _GruScan.apply(x_proj, h0, wg, wc, clip)
+    return _GruScan.apply(x_proj, h0, wg, wc, clip, needs_grad(x_proj, h0, wg, wc))

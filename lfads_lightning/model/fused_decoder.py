@@ -16,7 +16,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from lfads_lightning.model import native
-from lfads_lightning.model.fused import _GruTape, _rows
+from lfads_lightning.model.fused import _GruTape, _rows, needs_grad
 
 
 class _DecoderScan(Function):
@@ -56,20 +56,23 @@ class _DecoderScan(Function):
         mask_gen: Tensor | None,
         clip: float,
         var_min: float,
+        grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         steps, batch = con_proj.shape[:2]
         co, n_fac = co_b.shape[0] // 2, fac0.shape[-1]
-        con, gen = _GruTape(con_h0, steps), _GruTape(gen_h0, steps)
+        weights = (w_fac, con_wg, con_wc, co_wt, co_b, w_u, gen_wg, gen_wc, fac_wt)
+        ctx.native = native.usable(con_proj, gen_base, con_h0, gen_h0, fac0, *weights)
+        scratch = ctx.native and not grad  # no backward: per-bin buffers one bin deep
+        bins = 1 if scratch else steps
+        con, gen = _GruTape(con_h0, steps, scratch), _GruTape(gen_h0, steps, scratch)
         fac = fac0.new_empty(steps + 1, batch, n_fac)
         fac[0] = fac0
-        a = fac0.new_empty(steps, batch, n_fac) if mask_fac is not None else fac[:steps]
-        gm = gen_h0.new_empty(steps, batch, gen.hid) if mask_gen is not None else gen.states()
+        a = fac0.new_empty(bins, batch, n_fac) if mask_fac is not None else fac[:steps]
+        gm = gen_h0.new_empty(bins, batch, gen.hid) if mask_gen is not None else gen.states()
         out = co_b.new_empty(steps, batch, 2 * co)
         var = co_b.new_empty(steps, batch, co)
         std = torch.empty_like(var) if noise is not None else None
         u = torch.empty_like(var) if noise is not None else out[..., :co]
-        weights = (w_fac, con_wg, con_wc, co_wt, co_b, w_u, gen_wg, gen_wc, fac_wt)
-        ctx.native = native.usable(con_proj, gen_base, con_h0, gen_h0, fac0, *weights)
         if ctx.native:
             noise, mask_fac, mask_gen = (
                 None if m is None else m.contiguous() for m in (noise, mask_fac, mask_gen)
@@ -120,7 +123,7 @@ class _DecoderScan(Function):
             outer(a, con_dx), con_dwg, con_dwc,
             outer(con.states(), dout), dout.sum((0, 1)), outer(u, gen_dx), gen_dwg, gen_dwc,
             outer(gm, dfac),
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )  # fmt: skip
 
 
@@ -240,5 +243,16 @@ def decoder_scan(
     gen W_c, W_fac^T [G, F]). Returns (gen states, factors, co means, co variances, co samples).
     """
     return _DecoderScan.apply(
-        con_proj, gen_base, con_h0, gen_h0, fac0, *weights, noise, mask_fac, mask_gen, clip, var_min
+        con_proj,
+        gen_base,
+        con_h0,
+        gen_h0,
+        fac0,
+        *weights,
+        noise,
+        mask_fac,
+        mask_gen,
+        clip,
+        var_min,
+        needs_grad(con_proj, gen_base, con_h0, gen_h0, fac0, *weights),
     )

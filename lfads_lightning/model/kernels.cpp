@@ -112,21 +112,27 @@ T* contiguous_ptr(const Tensor& x, const char* what) {
   return x.data_ptr<T>();
 }
 
-// One clipped-GRU recurrence's tape (contiguous buffers, see the file header).
+// One clipped-GRU recurrence's tape (contiguous buffers, see the file header). Without a
+// backward to come (sampling), gate / cand / rh / pre may be one bin deep: scratch reused by
+// every bin (time stride 0), so only the states h stream to memory.
 template <typename T>
 struct Tape {
   T *h, *gate, *cand, *rh, *pre;
-  int64_t B, H;
+  int64_t B, H, sg, sc;  // sg / sc: time strides of gate and of cand / rh / pre
   Tape(const Tensor& h_, const Tensor& gate_, const Tensor& cand_, const Tensor& rh_,
        const Tensor& pre_)
       : h(contiguous_ptr<T>(h_, "h")), gate(contiguous_ptr<T>(gate_, "gate")),
         cand(contiguous_ptr<T>(cand_, "cand")), rh(contiguous_ptr<T>(rh_, "rh")),
-        pre(contiguous_ptr<T>(pre_, "pre")), B(gate_.size(-2)), H(cand_.size(-1)) {}
+        pre(contiguous_ptr<T>(pre_, "pre")), B(gate_.size(-2)), H(cand_.size(-1)),
+        sg(gate_.size(0) == 1 ? 0 : B * 2 * H), sc(cand_.size(0) == 1 ? 0 : B * H) {
+    TORCH_CHECK(rh_.size(0) == cand_.size(0) && pre_.size(0) == cand_.size(0),
+                "lfads kernels: cand, rh and pre must have the same number of bins");
+  }
   T* h_at(int64_t t) const { return h + t * B * H; }
-  T* gate_at(int64_t t) const { return gate + t * B * 2 * H; }
-  T* cand_at(int64_t t) const { return cand + t * B * H; }
-  T* rh_at(int64_t t) const { return rh + t * B * H; }
-  T* pre_at(int64_t t) const { return pre + t * B * H; }
+  T* gate_at(int64_t t) const { return gate + t * sg; }
+  T* cand_at(int64_t t) const { return cand + t * sc; }
+  T* rh_at(int64_t t) const { return rh + t * sc; }
+  T* pre_at(int64_t t) const { return pre + t * sc; }
 };
 
 // Additive inputs of one bin's pre-activations: x1 rows (stride ld1) plus optional x2 rows.
@@ -245,7 +251,7 @@ void gru_forward(const Tensor& x, const Tensor& h, const Tensor& gate, const Ten
                  const Tensor& rh, const Tensor& pre, const Tensor& wg_, const Tensor& wc_,
                  double clip) {
   // x [G, T, B, 3H] (unit inner stride); buffers [G, T(+1), B, *]; wg [G, H, 2H], wc [G, H, H].
-  const int64_t groups = gate.size(0), steps = gate.size(1);
+  const int64_t groups = gate.size(0), steps = h.size(1) - 1;
   const Tensor wg = wg_.contiguous(), wc = wc_.contiguous();
   AT_DISPATCH_FLOATING_TYPES(gate.scalar_type(), "lfads_gru_forward", [&] {
     using T = scalar_t;
@@ -265,6 +271,7 @@ Tensor gru_backward(const Tensor& g_states, const Tensor& h, const Tensor& gate,
   // g_states [G, T, B, H] (unit inner stride); wg_t [G, 2H, H], wc_t [G, H, H] (contiguous);
   // fills dx [G, T, B, 3H]; returns the gradient w.r.t. h0 [G, B, H].
   const int64_t groups = gate.size(0), steps = gate.size(1), B = gate.size(2), H = cand.size(3);
+  TORCH_CHECK(h.size(1) == steps + 1 && cand.size(1) == steps, "lfads kernels: backward needs the full tape");
   Tensor dh0 = at::empty({groups, B, H}, gate.options());
   AT_DISPATCH_FLOATING_TYPES(gate.scalar_type(), "lfads_gru_backward", [&] {
     using T = scalar_t;
@@ -350,8 +357,9 @@ void decoder_forward(const Tensor& con_proj, const Tensor& gen_base, const Tenso
     T* vp = contiguous_ptr<T>(var, "var");
     Tensor scratch = at::empty({B, 3 * std::max(C, G)}, con_proj.options());
     T* xs = scratch.data_ptr<T>();
+    const int64_t sa = a.size(0) == 1 ? 0 : B * F, sgm = gm.size(0) == 1 ? 0 : B * G;
     for (int64_t t = 0; t < steps; ++t) {
-      T* a_t = ap + t * B * F;
+      T* a_t = ap + t * sa;
       if (mf.p) mask_pass<T>(fa + t * B * F, mf.at(t), a_t, B * F);
       gemm<T>(B, 3 * C, F, a_t, F, W[0], 3 * C, T(0), xs, 3 * C);
       gru_step<T>(con, t, {cp.at(t), cp.sb, xs, 3 * C}, W[1], W[2], k);
@@ -360,7 +368,7 @@ void decoder_forward(const Tensor& con_proj, const Tensor& gen_base, const Tenso
       co_sample_pass<T>(o, W[4], vp + t * B * co, sd.at(t), us.at(t), ns.at(t), B, co, vmin);
       gemm<T>(B, 3 * G, co, us.at(t), us.sb, W[5], 3 * G, T(0), xs, 3 * G);
       gru_step<T>(gen, t, {gb.at(t), gb.sb, xs, 3 * G}, W[6], W[7], k);
-      T* gm_t = gmp + t * B * G;
+      T* gm_t = gmp + t * sgm;
       if (mg.p) mask_pass<T>(gen.h_at(t + 1), mg.at(t), gm_t, B * G);
       gemm<T>(B, F, G, gm_t, G, W[8], F, T(0), fa + (t + 1) * B * F, F);
     }
@@ -410,6 +418,8 @@ std::vector<Tensor> decoder_backward(
   // (d con_h0, d gen_h0, d fac0).
   const int64_t steps = g_mean.size(0), B = g_mean.size(1);
   const int64_t C = con_cand.size(2), G = gen_cand.size(2), F = dfac.size(2), co = g_mean.size(2);
+  TORCH_CHECK(con_gate.size(0) == steps && gen_cand.size(0) == steps,
+              "lfads kernels: backward needs the full tape");
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(g_mean.scalar_type(), "lfads_decoder_backward", [&] {
     using T = scalar_t;
