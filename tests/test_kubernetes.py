@@ -279,7 +279,9 @@ def test_a_new_launcher_adopts_a_job_from_its_recorded_handle(tmp_path):
     polls and cancels the Job from it; closing the first launcher left the running Job alone."""
     from launchers import JobHandle, JobState, get_launcher
 
-    sleeper = kube_options(command=["/bin/sh", "-c", "sleep 600", "sh"])  # args are ignored
+    # A shell as PID 1 ignores SIGTERM unless it traps it; untrapped, the pod would outlive its
+    # deletion by the whole 30 s grace period (CI saw > 55 s with the garbage collector's lag).
+    sleeper = kube_options(command=["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait", "sh"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = get_launcher("kubernetes", **sleeper)
     handle = first.submit(JobSpec("c" * 32, uri))
@@ -295,7 +297,7 @@ def test_a_new_launcher_adopts_a_job_from_its_recorded_handle(tmp_path):
     assert second.poll(adopted) == JobState.CANCELLED
     recorder_batch, core = apis()
     selector = "lfads.io/run-id=" + "c" * 32
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while core.list_namespaced_pod("default", label_selector=selector).items:
         assert time.monotonic() < deadline, "the cancelled Job's pod was not removed"
         time.sleep(0.5)
