@@ -121,7 +121,9 @@ class LocalLauncher(Launcher):
         proc = subprocess.Popen(
             command,
             env=_env(spec.threads),
-            stdout=log,
+            # without a log file the job's output (progress bars included) goes to our stderr:
+            # stdout is the command's own (`lfads fit --json > result.json` must stay JSON)
+            stdout=log if log is not None else 2,
             stderr=subprocess.STDOUT if log else None,
             start_new_session=True,
         )

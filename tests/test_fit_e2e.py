@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -196,3 +197,22 @@ def test_fit_against_a_real_mlflow_server(tiny_project, mlflow_server_uri, tmp_p
     )
     with h5py.File(local, "r") as f:
         assert "valid_rates" in f
+
+
+def test_json_output_is_only_json_even_with_the_progress_bar(tiny_project, tmp_path):
+    """`lfads fit --json > result.json`: the worker's progress bars go to stderr, not stdout."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = lfads(
+        "fit",
+        "--json",
+        "tiny.yaml",
+        "train.max_epochs=2",
+        "train.progress_bar=true",
+        f"output.dir={tmp_path / 'out'}",
+        cwd=tiny_project,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # the whole of stdout
+    assert len(result["run_id"]) == 32 and "valid" in result["metrics"]
+    assert "Epoch 1" in proc.stderr  # the bar itself is still shown
