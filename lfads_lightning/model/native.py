@@ -125,7 +125,7 @@ def _load() -> NativeStatus:
         return NativeStatus(False, f"disabled by {ENV_SWITCH}")
     cxx = _compiler()
     if cxx is None:
-        return NativeStatus(False, "no C++ compiler found (set CXX or install g++)")
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     target = cache_dir() / f"lfads_kernels_{_build_key(cxx)}.so"
     compile_s = 0.0 if target.exists() else _build(cxx, target)
     torch.ops.load_library(str(target))
