@@ -13,15 +13,18 @@ ratios measured within one run are the figures to compare across runs):
   controller loop, no clipping): what a cuDNN/oneDNN-style recurrence costs here.
 
 Peak memory per step: each of fast / reference runs in a fresh subprocess, which records its
-resident set (/proc/self/statm) after building the model and data, and `ru_maxrss` after two
-training steps; the difference is
-the step's resident-memory high-water mark (PyTorch's CPU allocator returns to malloc, which
-`tracemalloc` does not see). The matmul floor: every GEMM the model needs per trial (forward,
-input gradients, weight gradients) is counted analytically and timed alone at its own shape
-with one thread; the floor is the sum of those times, `fraction_of_matmul_floor` the floor's
-time divided by the fast path's measured step time (batch 64, 1 thread). The native kernels'
-one-off build is timed too, into an empty temporary cache (`native_compile_s`); a PBT run's
-workers share the built library through the cache under ~/.cache.
+resident set after building the model and data, resets the kernel's high-water mark
+(/proc/self/clear_refs) and reads it (VmHWM) after two training steps; the difference is the
+step's resident-memory peak (PyTorch's CPU allocator returns to malloc, which `tracemalloc` does
+not see). Not `ru_maxrss`: Linux keeps it across exec, so a child started by this (large)
+process reported the parent's peak, and earlier runs' ratio of 1.00 meant nothing.
+
+The matmul floor: every GEMM the model needs per trial (forward, input gradients, weight
+gradients) is counted analytically and timed alone at its own shape with one thread; the floor
+is the sum of those times, `fraction_of_matmul_floor` the floor's time divided by the fast
+path's measured step time (batch 64, 1 thread). The native kernels' one-off build is timed too,
+into an empty temporary cache (`native_compile_s`); a PBT run's workers share the built library
+through the cache under ~/.cache.
 
 Usage: python benchmarks/bench_throughput.py [--quick] [--repeats 7] [--threads 1 2] [--batches 64 100]
 (batch 64 with 1 thread must be among the settings: the headline figures are taken there)
@@ -35,7 +38,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -149,13 +151,20 @@ def time_setting(batch: int, threads: int, repeats: int) -> dict[str, dict[str, 
 def memory_worker(variant: str, batch: int) -> None:
     torch.set_num_threads(1)
     s = Stepper(variant, batch)
-    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
-    with open("/proc/self/statm") as f:  # resident set now (the peak so far may be higher)
-        before = int(f.read().split()[1]) * page_kib
+    before = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set
     for _ in range(2):
         s.step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_step_kib": after - before}))
+    print(json.dumps({"peak_step_kib": _proc_status_kib("VmHWM") - before}))
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_memory(variant: str, batch: int) -> int:
