@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
+HEADERS = (Path(__file__).with_name("gru_step.h"),)  # included by SOURCE
 ENV_SWITCH = "LFADS_NATIVE_KERNELS"
 ENV_CACHE = "LFADS_KERNEL_CACHE"
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ def _command(cxx: str, output: Path) -> list[str]:
 
 def _build_key(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
-    parts = [SOURCE.read_bytes(), torch.__version__.encode(), version.stdout.encode()]
+    parts = [SOURCE.read_bytes(), *(h.read_bytes() for h in HEADERS)]
+    parts += [torch.__version__.encode(), version.stdout.encode()]
     parts += [_cpu_flags().encode(), sys.version.encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
 
