@@ -263,7 +263,7 @@ def native_build() -> dict[str, object]:
     return result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats (a few minutes)")
     parser.add_argument("--repeats", type=int, default=7)
@@ -272,14 +272,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     parser.add_argument("--memory-worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_worker:
-        memory_worker(args.memory_worker, args.batch)
-        return
-    repeats = 3 if args.quick else args.repeats
+    return parser.parse_args()
+
+
+def sweep(threads_list: list[int], batches: list[int], repeats: int) -> dict[str, dict]:
+    """Every (batch, threads) setting, each with its interleaved repeats and speedups."""
     settings = {}
-    for threads in args.threads:
-        for batch in args.batches:
+    for threads in threads_list:
+        for batch in batches:
             res = time_setting(batch, threads, repeats)
             res["speedup_fast_over_reference"] = res["fast"]["median"] / res["reference"]["median"]
             res["speedup_best"] = res["fast"]["max"] / res["reference"]["max"]
@@ -292,32 +292,47 @@ def main() -> None:
             ) + f"  speedup {res['speedup_fast_over_reference']:.2f}"
               f" (best {res['speedup_best']:.2f}, cpu time {res['speedup_cpu_time']:.2f})",
               flush=True)  # fmt: skip
-    floor = matmul_floor(64, reps=3 if args.quick else 5)
-    memory = {v: peak_memory(v, 64) for v in ("fast", "reference")}
-    build_info = native_build()
+    return settings
+
+
+def headline(settings: dict, floor: dict, memory: dict) -> dict:
+    """The issue's keys, taken at batch 64 with one thread."""
     main_setting = settings["batch64_threads1"]
-    fast_step_s = 64 / main_setting["fast"]["median"]
-    result = {
-        "benchmark": "training_throughput_mc_maze_sizes",
-        "unit": "trials_per_second (forward + backward + Adam step), median of interleaved repeats",
-        "repeats": repeats,
+    fast = main_setting["fast"]
+    return {
         "speedup_fast_over_reference": main_setting["speedup_fast_over_reference"],
         "speedup_fast_over_reference_2_threads": settings.get("batch64_threads2", {}).get(
             "speedup_fast_over_reference"
         ),
-        "fast_trials_per_s": main_setting["fast"]["median"],
+        "fast_trials_per_s": fast["median"],
         "fast_torch_ops_trials_per_s": main_setting["fast_torch_ops"]["median"],
-        "speedup_native_over_torch_ops": main_setting["fast"]["median"]
-        / main_setting["fast_torch_ops"]["median"],
-        "native_kernels": build_info,
+        "speedup_native_over_torch_ops": fast["median"] / main_setting["fast_torch_ops"]["median"],
         "reference_trials_per_s": main_setting["reference"]["median"],
         "nn_gru_trials_per_s": main_setting["nn_gru"]["median"],
-        "fraction_of_matmul_floor": floor["floor_seconds_per_step"] / fast_step_s,
+        "fraction_of_matmul_floor": floor["floor_seconds_per_step"] * fast["median"] / 64,
         "fraction_of_matmul_floor_cpu_time": floor["floor_seconds_per_step"]
-        * main_setting["fast"]["per_cpu_s_median"]
+        * fast["per_cpu_s_median"]
         / 64,
-        "matmul_floor": floor,
         "peak_memory_ratio": memory["fast"] / memory["reference"],
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker, args.batch)
+        return
+    repeats = 3 if args.quick else args.repeats
+    settings = sweep(args.threads, args.batches, repeats)
+    floor = matmul_floor(64, reps=3 if args.quick else 5)
+    memory = {v: peak_memory(v, 64) for v in ("fast", "reference")}
+    result = {
+        "benchmark": "training_throughput_mc_maze_sizes",
+        "unit": "trials_per_second (forward + backward + Adam step), median of interleaved repeats",
+        "repeats": repeats,
+        **headline(settings, floor, memory),
+        "native_kernels": native_build(),
+        "matmul_floor": floor,
         "peak_step_memory_kib": memory,
         "settings": settings,
         "sizes": {
