@@ -4,7 +4,6 @@
 
 #pragma once
 
-
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -103,7 +102,7 @@ T* contiguous_ptr(const Tensor& x, const char* what) {
   return x.data_ptr<T>();
 }
 
-// One clipped-GRU recurrence's tape (contiguous buffers, see the file header). Without a
+// One clipped-GRU recurrence's tape (contiguous buffers, see kernels.cpp's header). Without a
 // backward to come (sampling), gate / cand / rh / pre may be one bin deep: scratch reused by
 // every bin (time stride 0), so only the states h stream to memory.
 template <typename T>
