@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-HEADERS = (Path(__file__).with_name("gru_step.h"),)  # included by SOURCE
+HEADERS = tuple(sorted(SOURCE.parent.glob("*.h")))  # included by SOURCE: part of the build key
 ENV_SWITCH = "LFADS_NATIVE_KERNELS"
 ENV_CACHE = "LFADS_KERNEL_CACHE"
 log = logging.getLogger(__name__)
