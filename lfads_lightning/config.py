@@ -64,6 +64,8 @@ class ModelConfig:
     # Temporal shift (training only): each trial moved by round(N(0, std)) bins, at most max.
     temporal_shift_std: float = 0.0
     temporal_shift_max: int = 6
+    # Spike jitter (training only, count data): each spike moved by round(N(0, std)) bins.
+    spike_jitter_std: float = 0.0
     # Zero-inflated gamma: smallest non-zero value an event can take (data units).
     zig_min_value: float = 0.1
     # Fused sequence kernels (lfads_lightning/model/fused.py) with hand-written backward; false runs
@@ -329,6 +331,13 @@ def validate(cfg: LfadsConfig) -> LfadsConfig:
         raise ConfigError(
             "model.temporal_shift_std > 0 would move sample-validation entries into view; "
             "set data.sv_rate=0 or model.temporal_shift_std=0"
+        )
+    if m.spike_jitter_std < 0:
+        raise ConfigError(f"model.spike_jitter_std must be >= 0, got {m.spike_jitter_std}")
+    if m.spike_jitter_std > 0 and (d.sv_rate > 0 or m.recon != "poisson"):
+        raise ConfigError(
+            "model.spike_jitter_std > 0 moves spike counts: it needs model.recon=poisson and "
+            "data.sv_rate=0; set those or model.spike_jitter_std=0"
         )
     if m.cell_clip <= 0 or m.ic_prior_var <= 0 or m.co_prior_tau <= 0 or m.co_prior_nvar <= 0:
         raise ConfigError(

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lfads_lightning.config import LossConfig, ModelConfig, TrainConfig, from_dict
 from lfads_lightning.errors import TrainingDiverged
+from lfads_lightning.model.augment import spike_jitter, temporal_shift
 from lfads_lightning.model.network import LFADS, LfadsOutput
 
 
@@ -36,35 +37,6 @@ def coordinated_dropout(
         return data, torch.ones_like(data)
     keep = (torch.rand(data.shape, device=data.device, generator=generator) >= rate).to(data.dtype)
     return data * keep / (1.0 - rate), keep
-
-
-def temporal_shift(
-    batch: Any, std: float, max_shift: int, generator: torch.Generator | None = None
-) -> Any:
-    """The batch with each trial moved in time by round(N(0, std)) bins, clamped to +-max_shift.
-
-    Bin t takes bin t - s of the same trial (edges repeat the first/last bin), in the encoder
-    data, the reconstruction target and the external inputs alike, so input and target stay
-    aligned; the model sees the same dynamics at jittered onsets (an augmentation against
-    overfitting few trials).
-    """
-    n = batch.encod_data.shape[0]
-    device = batch.encod_data.device
-    noise = torch.randn(n, generator=generator, device="cpu").to(device) * std
-    shift = noise.round().clamp(-max_shift, max_shift).long()
-
-    def moved(x: Tensor) -> Tensor:
-        if x.shape[1] == 0:
-            return x
-        t = torch.arange(x.shape[1], device=device)
-        idx = (t[None, :] - shift[:, None]).clamp(0, x.shape[1] - 1)
-        return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
-
-    return batch._replace(
-        encod_data=moved(batch.encod_data),
-        recon_data=moved(batch.recon_data),
-        ext_input=moved(batch.ext_input),
-    )
 
 
 def cd_gradient_mask(keep: Tensor, recon_shape: torch.Size) -> Tensor:
@@ -174,6 +146,8 @@ class LfadsModule(L.LightningModule):
             batch = temporal_shift(
                 batch, self.model_cfg.temporal_shift_std, self.model_cfg.temporal_shift_max
             )
+        if training and self.model_cfg.spike_jitter_std > 0:
+            batch = spike_jitter(batch, self.model_cfg.spike_jitter_std)
         enc, keep = self._prepare_input(batch, training)
         ext = batch.ext_input if self.lfads.ext_input_dim > 0 else None
         out = self.lfads(enc, session=session, ext_input=ext, sample_posteriors=True)
