@@ -14,6 +14,7 @@ Cases:
 
 Usage: python benchmarks/bench_quality.py [--cases dense_fit,sparse_fit] [--seeds 0,1,2]
        [--mc-population 4] [--set key=value ...]   (overrides for every case, e.g. for a quick run)
+       [--config PATH]   (with one case: a variant of its shipped config)
 Writes benchmarks/results/quality.json (merged: cases not run keep their last result).
 """
 
@@ -63,8 +64,10 @@ def make_data(kind: str, work: Path, seed: int) -> Path:
     return out
 
 
-def run_case(case: str, seed: int, work: Path, extra: list[str], population: int) -> dict:
-    command, config, kind = CASES[case]
+def run_case(
+    case: str, seed: int, work: Path, extra: list[str], population: int, config: Path
+) -> dict:
+    command, _, kind = CASES[case]
     data = make_data(kind, work, seed)
     uri = f"sqlite:///{work / 'mlflow.db'}"
     overrides = [
@@ -81,7 +84,7 @@ def run_case(case: str, seed: int, work: Path, extra: list[str], population: int
             overrides.append(f"pbt.population={population}")
     args = [command, "--launcher", "local", "--tracking-uri", uri]
     start = time.perf_counter()
-    lfads(*args, str(ROOT / "configs" / config), *overrides, *extra, cwd=work)
+    lfads(*args, str(config), *overrides, *extra, cwd=work)
     wall = time.perf_counter() - start
     run_id = newest_parent(uri)
     if case == "mc_maze_pbt":
@@ -128,21 +131,29 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--mc-population", type=int, default=4, help="MC_Maze_Small PBT members")
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value")
+    parser.add_argument("--config", help="with one case: this config instead of the shipped one")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; valid: {', '.join(CASES)}")
+    if args.config and len(cases) != 1:
+        parser.error("--config needs exactly one case")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {"benchmark": "quality"}
     for case in cases:
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             work = Path(tempfile.mkdtemp(prefix=f"bench-quality-{case}-{seed}-"))
-            rows.append(run_case(case, seed, work, args.set, args.mc_population))
+            config = Path(args.config) if args.config else ROOT / "configs" / CASES[case][1]
+            rows.append(run_case(case, seed, work, args.set, args.mc_population, config.resolve()))
             print(json.dumps({"case": case, **rows[-1]}), flush=True)
-        result[case] = {**summarize(rows), "overrides": args.set}
+        result[case] = {
+            **summarize(rows),
+            "overrides": args.set,
+            "config": os.path.relpath(config, ROOT),
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
