@@ -27,7 +27,9 @@ def test_shipped_config_loads(path: Path):
         assert pbt.population >= 2 and base == cfg
 
 
-def test_mc_maze_pbt_ships_the_measured_temporal_shift():
-    """docs/benchmarks.md "Quality" measured MC_Maze_Small PBT with a shift of std 3, max 6."""
+def test_mc_maze_pbt_ships_the_measured_augmentations():
+    """docs/benchmarks.md "Quality" measured MC_Maze_Small PBT with a shift of std 3, max 6, and
+    spike jitter of std 3 bins."""
     cfg = load_config(next(p for p in CONFIGS if p.name == "pbt_mc_maze_small.yaml"))
     assert (cfg.model.temporal_shift_std, cfg.model.temporal_shift_max) == (3.0, 6)
+    assert cfg.model.spike_jitter_std == 3.0
