@@ -47,26 +47,28 @@ def jitter_counts(counts: Tensor, std: float, generator: torch.Generator | None 
     """Every spike of `counts` [B, T, C] moved on its own by round(N(0, std)) bins.
 
     Offsets are clamped to +-ceil(3 std) and reflected at the trial's edges, so no spike is lost
-    and the total per trial and neuron is kept. The k-th spike of an entry draws its own offset
-    (one pass per count level k), so a bin with 3 spikes spreads them independently.
+    and the total per trial and neuron is kept. Each spike draws its own offset (a bin with 3
+    spikes spreads them independently); the work is per spike, not per entry, since spike
+    counts are mostly zeros.
     """
     n_bins = counts.shape[1]
     width = max(1, math.ceil(3 * std))
     whole = counts.round().clamp(min=0)
+    trial, bin_, neuron = torch.nonzero(whole, as_tuple=True)
+    repeats = whole[trial, bin_, neuron].long()
+    trial, bin_, neuron = (x.repeat_interleave(repeats) for x in (trial, bin_, neuron))
+    noise = torch.randn(bin_.shape, generator=generator, device="cpu").to(counts.device)
+    dest = bin_ + (noise * std).round().clamp(-width, width).long()
+    period = 2 * (n_bins - 1)
+    if period > 0:
+        dest = dest.remainder(period)
+        dest = torch.where(dest >= n_bins, period - dest, dest)
+    else:
+        dest = torch.zeros_like(dest)
     out = torch.zeros_like(counts)
-    bins = torch.arange(n_bins, device=counts.device)[None, :, None]
-    top = int(whole.max().item()) if whole.numel() else 0
-    for level in range(1, top + 1):
-        spikes = (whole >= level).to(counts.dtype)
-        noise = torch.randn(counts.shape, generator=generator, device="cpu").to(counts.device)
-        dest = bins + (noise * std).round().clamp(-width, width).long()
-        period = 2 * (n_bins - 1)
-        if period > 0:
-            dest = dest.remainder(period)
-            dest = torch.where(dest >= n_bins, period - dest, dest)
-        else:
-            dest = torch.zeros_like(dest)
-        out.scatter_add_(1, dest, spikes)
+    out.index_put_(
+        (trial, dest, neuron), torch.ones_like(noise, dtype=counts.dtype), accumulate=True
+    )
     return out
 
 
