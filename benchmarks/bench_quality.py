@@ -13,7 +13,7 @@ Cases:
   mc_maze_pbt  configs/pbt_mc_maze_small.yaml on ../shared/data/mc_maze_small
 
 Usage: python benchmarks/bench_quality.py [--cases dense_fit,sparse_fit] [--seeds 0,1,2]
-       [--mc-population 4] [--set key=value ...]   (overrides for every case, e.g. for a quick run)
+       [--mc-population 8] [--set key=value ...]   (overrides for every case, e.g. for a quick run)
        [--config PATH]   (with one case: a variant of its shipped config)
 Writes benchmarks/results/quality.json (merged: cases not run keep their last result).
 """
@@ -129,7 +129,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--mc-population", type=int, default=4, help="MC_Maze_Small PBT members")
+    parser.add_argument(
+        "--mc-population", type=int, default=8, help="MC_Maze_Small PBT members (shipped: 8)"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value")
     parser.add_argument("--config", help="with one case: this config instead of the shipped one")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
@@ -154,6 +156,8 @@ def main() -> None:
             "overrides": args.set,
             "config": os.path.relpath(config, ROOT),
         }
+        if case == "mc_maze_pbt":
+            result[case]["population"] = args.mc_population
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
