@@ -325,15 +325,13 @@ def validate(cfg: LfadsConfig) -> LfadsConfig:
     synths = ("lorenz", "lorenz-sparse", "chaotic-rnn")
     if d.synth is not None and d.synth not in synths:
         raise ConfigError(f"data.synth: {d.synth!r} is not one of {', '.join(synths)} (or null)")
-    if m.temporal_shift_std < 0 or m.temporal_shift_max < 0:
-        raise ConfigError("model.temporal_shift_std and temporal_shift_max must be >= 0")
+    if min(m.temporal_shift_std, m.temporal_shift_max, m.spike_jitter_std) < 0:
+        raise ConfigError("model.temporal_shift_std/_max and spike_jitter_std must be >= 0")
     if m.temporal_shift_std > 0 and d.sv_rate > 0:
         raise ConfigError(
             "model.temporal_shift_std > 0 would move sample-validation entries into view; "
             "set data.sv_rate=0 or model.temporal_shift_std=0"
         )
-    if m.spike_jitter_std < 0:
-        raise ConfigError(f"model.spike_jitter_std must be >= 0, got {m.spike_jitter_std}")
     if m.spike_jitter_std > 0 and (d.sv_rate > 0 or m.recon != "poisson"):
         raise ConfigError(
             "model.spike_jitter_std > 0 moves spike counts: it needs model.recon=poisson and "
