@@ -146,10 +146,10 @@ def main() -> None:
     result = json.loads(out.read_text()) if out.exists() else {"benchmark": "quality"}
     for case in cases:
         rows = []
+        config = (Path(args.config) if args.config else ROOT / "configs" / CASES[case][1]).resolve()
         for seed in [int(s) for s in args.seeds.split(",")]:
             work = Path(tempfile.mkdtemp(prefix=f"bench-quality-{case}-{seed}-"))
-            config = Path(args.config) if args.config else ROOT / "configs" / CASES[case][1]
-            rows.append(run_case(case, seed, work, args.set, args.mc_population, config.resolve()))
+            rows.append(run_case(case, seed, work, args.set, args.mc_population, config))
             print(json.dumps({"case": case, **rows[-1]}), flush=True)
         result[case] = {
             **summarize(rows),
